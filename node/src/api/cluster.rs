@@ -1,0 +1,53 @@
+//! Cluster view, health, readiness and metrics.
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::json;
+
+use crate::cluster::Grid;
+
+/// `GET /v1/cluster`: members and partition health, from every member's own report.
+pub async fn cluster(State(grid): State<Arc<Grid>>) -> Response {
+    Json(grid.cluster_view().await).into_response()
+}
+
+/// `GET /healthz`: the process serves HTTP.
+pub async fn healthz(State(grid): State<Arc<Grid>>) -> Response {
+    Json(json!({ "status": "ok", "member": grid.id })).into_response()
+}
+
+/// `GET /readyz`: bootstrapped, and every partition this member holds has a usable leader.
+pub async fn readyz(State(grid): State<Arc<Grid>>) -> Response {
+    let s = grid.status();
+    let body = json!({
+        "ready": s.ready,
+        "member": grid.id,
+        "bootstrapped": grid.meta_state().bootstrapped(),
+        "partitions_held": s.held.len(),
+        "partitions_led": s.led.len(),
+        "partitions_without_leader": s.leaderless.len(),
+    });
+    let code = if s.ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (code, Json(body)).into_response()
+}
+
+/// `GET /metrics`: OpenMetrics text.
+pub async fn metrics(State(grid): State<Arc<Grid>>) -> Response {
+    grid.metrics.observe_groups(&grid);
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        grid.metrics.encode(),
+    )
+        .into_response()
+}

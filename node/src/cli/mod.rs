@@ -1,0 +1,182 @@
+//! Command line: flags and environment become a typed [`Config`]; nothing below reads the
+//! environment.
+
+mod dev;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use devicegrid::config::{Config, Seed};
+use devicegrid::metrics::Metrics;
+use devicegrid::{api, cluster::Grid};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser)]
+#[command(
+    name = "devicegrid",
+    version,
+    about = "DeviceGrid: a Raft-replicated data grid for IoT device management"
+)]
+struct Cli {
+    /// Log format.
+    #[arg(long, global = true, env = "DEVICEGRID_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    log_format: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run one member. Settings come from --config (YAML), then environment, then flags.
+    Serve(ServeArgs),
+    /// Run a local grid: N members, each its own process, on 127.0.0.1.
+    Dev(dev::DevArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct ServeArgs {
+    /// YAML file with any of the settings below (snake_case keys, e.g. `node_id: 1`).
+    #[arg(long, env = "DEVICEGRID_CONFIG")]
+    config: Option<PathBuf>,
+    /// Stable member id (> 0).
+    #[arg(long, env = "DEVICEGRID_NODE_ID")]
+    node_id: Option<u64>,
+    /// Address the HTTP endpoint binds (API and peer traffic) [default: 127.0.0.1:7001].
+    #[arg(long, env = "DEVICEGRID_LISTEN")]
+    listen: Option<SocketAddr>,
+    /// host:port other members and clients use to reach this member [default: --listen].
+    #[arg(long, env = "DEVICEGRID_ADVERTISE")]
+    advertise: Option<String>,
+    /// Data directory [default: .devicegrid/member-1].
+    #[arg(long, env = "DEVICEGRID_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Members forming the grid at first start, this one included: id=host:port,...
+    #[arg(long, env = "DEVICEGRID_INITIAL_MEMBERS", value_delimiter = ',')]
+    initial_members: Option<Vec<Seed>>,
+    /// Partitions of a new grid [default: 271].
+    #[arg(long, env = "DEVICEGRID_PARTITIONS")]
+    partitions: Option<u32>,
+    /// Replicas per partition, capped at the member count [default: 3].
+    #[arg(long, env = "DEVICEGRID_REPLICATION_FACTOR")]
+    replication_factor: Option<u32>,
+    /// Grid name; a data directory only serves the grid it was created for [default: devicegrid].
+    #[arg(long, env = "DEVICEGRID_CLUSTER_NAME")]
+    cluster_name: Option<String>,
+    /// How long a request may wait for a partition leader, ms [default: 10000].
+    #[arg(long, env = "DEVICEGRID_REQUEST_TIMEOUT_MS")]
+    request_timeout_ms: Option<u64>,
+}
+
+impl ServeArgs {
+    fn into_config(self) -> anyhow::Result<Config> {
+        let mut c = match &self.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("reading {}", path.display()))?;
+                serde_yaml::from_str(&text)
+                    .with_context(|| format!("parsing {}", path.display()))?
+            }
+            None => Config::default(),
+        };
+        macro_rules! set {
+            ($($f:ident),*) => { $( if let Some(v) = self.$f { c.$f = v; } )* };
+        }
+        set!(
+            node_id,
+            listen,
+            data_dir,
+            initial_members,
+            partitions,
+            replication_factor,
+            cluster_name,
+            request_timeout_ms
+        );
+        if self.advertise.is_some() {
+            c.advertise = self.advertise;
+        }
+        c.validate().map_err(anyhow::Error::msg)?;
+        Ok(c)
+    }
+}
+
+fn init_logging(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn,sled=warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+/// Entry point of the binary.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(&cli.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Serve(args) => serve(args.into_config()?).await,
+            Command::Dev(args) => dev::run(args).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("binding {}", config.listen))?;
+    let shutdown = CancellationToken::new();
+    let grid = Grid::start(config, Arc::new(Metrics::new()), shutdown.clone()).await?;
+    tracing::info!(member = grid.id, addr = %grid.config.advertised(), "member started");
+    let server = tokio::spawn(api::serve(grid.clone(), listener));
+    wait_for_signal().await;
+    tracing::info!("stopping");
+    grid.stop().await;
+    server
+        .await
+        .context("HTTP server task")?
+        .context("HTTP server")?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Waits for SIGINT or SIGTERM.
+pub(crate) async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        // Without signal handlers the process can only be killed; keep serving.
+        std::future::pending::<()>().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}

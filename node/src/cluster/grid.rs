@@ -1,0 +1,632 @@
+//! The [`Grid`]: this member's groups, the routing of requests to partition leaders, and the
+//! handling of peer requests.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use openraft::ServerState;
+use serde::Serialize;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::cluster::group::Group;
+use crate::cluster::liveness::Liveness;
+use crate::cluster::meta::MetaState;
+use crate::cluster::{bootstrap, liveness, now_ms, partition_of};
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::raft::{
+    group_config, GroupId, LogStore, NetworkFactory, NodeId, Raft, StateMachineStore,
+};
+use crate::storage::{Overlay, Storage};
+use crate::structures::map::{self, MapOp, OpOutcome, Record};
+use crate::transport::{
+    Lane, MemberStatus, PeerRequest, PeerResponse, RaftRpc, Transport, TransportError, WireError,
+};
+use crate::{Error, Result};
+
+/// A member of the grid.
+pub struct Grid {
+    /// This member's id.
+    pub id: NodeId,
+    /// Its configuration.
+    pub config: Config,
+    /// Its sled database.
+    pub storage: Storage,
+    /// The shared peer transport.
+    pub transport: Arc<Transport>,
+    /// Metric families.
+    pub metrics: Arc<Metrics>,
+    /// Which peers answer pings.
+    pub liveness: Liveness,
+    raft_config: Arc<openraft::Config>,
+    meta: Arc<Group>,
+    meta_rx: watch::Receiver<Arc<MetaState>>,
+    partitions: RwLock<HashMap<u32, Arc<Group>>>,
+    leader_hints: Mutex<HashMap<u32, NodeId>>,
+    started: Instant,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+}
+
+/// What to do on a partition.
+#[derive(Clone)]
+enum Call {
+    Write(Vec<MapOp>),
+    Read {
+        keys: Vec<(String, String)>,
+        stale: bool,
+    },
+}
+
+enum Answer {
+    Written(Vec<OpOutcome>),
+    Read(Vec<Option<Record>>),
+}
+
+impl Grid {
+    /// Opens storage, starts the metadata group and the background tasks. The HTTP endpoint
+    /// is served by the caller ([`crate::api::serve`]).
+    pub async fn start(
+        config: Config,
+        metrics: Arc<Metrics>,
+        shutdown: CancellationToken,
+    ) -> Result<Arc<Grid>> {
+        config
+            .validate()
+            .map_err(|e| Error::bad_request("invalid_config", e))?;
+        bootstrap::check_identity(&config)?;
+        let storage = Storage::open(&config.data_dir)?;
+        let raft_config =
+            group_config(&config.cluster_name).map_err(|e| Error::Internal(e.to_string()))?;
+        let transport = Transport::new(shutdown.clone());
+        let (meta_tx, meta_rx) = watch::channel(Arc::new(MetaState::default()));
+        let meta = open_group(
+            &config,
+            &storage,
+            &raft_config,
+            &transport,
+            GroupId::Meta,
+            Some(meta_tx),
+            &shutdown,
+        )
+        .await?;
+        let grid = Arc::new(Grid {
+            id: config.node_id,
+            liveness: Liveness::new(Duration::from_millis(config.member_down_after_ms)),
+            config,
+            storage,
+            transport,
+            metrics,
+            raft_config,
+            meta,
+            meta_rx,
+            partitions: RwLock::new(HashMap::new()),
+            leader_hints: Mutex::new(HashMap::new()),
+            started: Instant::now(),
+            shutdown,
+            tasks: TaskTracker::new(),
+        });
+        grid.tasks.spawn(bootstrap::run(grid.clone()));
+        grid.tasks.spawn(liveness::run(grid.clone()));
+        Ok(grid)
+    }
+
+    /// Stops background tasks and every Raft group, then flushes storage.
+    pub async fn stop(&self) {
+        self.shutdown.cancel();
+        self.tasks.close();
+        self.tasks.wait().await;
+        for g in self.groups() {
+            let _ = g.raft.shutdown().await;
+        }
+        let _ = self.storage.flusher.flush().await;
+    }
+
+    /// Cancelled when the member stops.
+    pub fn shutdown_token(&self) -> &CancellationToken {
+        &self.shutdown
+    }
+
+    /// Time since this member started.
+    pub fn uptime(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    /// The latest applied metadata state.
+    pub fn meta_state(&self) -> Arc<MetaState> {
+        self.meta_rx.borrow().clone()
+    }
+
+    /// A watch of the metadata state.
+    pub fn meta_watch(&self) -> watch::Receiver<Arc<MetaState>> {
+        self.meta_rx.clone()
+    }
+
+    /// The metadata group.
+    pub fn meta_group(&self) -> &Arc<Group> {
+        &self.meta
+    }
+
+    /// A hosted group.
+    pub fn group(&self, id: GroupId) -> Option<Arc<Group>> {
+        match id {
+            GroupId::Meta => Some(self.meta.clone()),
+            GroupId::Partition(p) => self
+                .partitions
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(&p)
+                .cloned(),
+        }
+    }
+
+    /// Every hosted group, the metadata group first.
+    pub fn groups(&self) -> Vec<Arc<Group>> {
+        let parts = self.partitions.read().unwrap_or_else(|e| e.into_inner());
+        let mut v: Vec<Arc<Group>> = parts.values().cloned().collect();
+        v.sort_by_key(|g| g.id);
+        v.insert(0, self.meta.clone());
+        v
+    }
+
+    /// Opens (or returns) the group of partition `p` on this member.
+    pub(crate) async fn host_partition(&self, p: u32) -> Result<(Arc<Group>, bool)> {
+        if let Some(g) = self.group(GroupId::Partition(p)) {
+            return Ok((g, false));
+        }
+        let g = open_group(
+            &self.config,
+            &self.storage,
+            &self.raft_config,
+            &self.transport,
+            GroupId::Partition(p),
+            None,
+            &self.shutdown,
+        )
+        .await?;
+        let mut parts = self.partitions.write().unwrap_or_else(|e| e.into_inner());
+        Ok((parts.entry(p).or_insert(g).clone(), true))
+    }
+
+    /// Milliseconds on this member's monotonic clock (for contact times).
+    pub fn clock_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64 + 1
+    }
+
+    /// The partition of `key` in this grid, or `Unavailable` before bootstrap.
+    pub fn partition_for(&self, key: &str) -> Result<u32> {
+        let meta = self.meta_state();
+        if !meta.bootstrapped() {
+            return Err(Error::Unavailable {
+                group: GroupId::Meta,
+                message: "the grid is not bootstrapped yet".into(),
+            });
+        }
+        Ok(partition_of(key, meta.partition_count))
+    }
+
+    /// Applies `ops` (all on partition `p`) through the partition leader.
+    pub async fn write(&self, p: u32, ops: Vec<MapOp>) -> Result<Vec<OpOutcome>> {
+        match self.call_partition(p, Call::Write(ops)).await? {
+            Answer::Written(o) => Ok(o),
+            Answer::Read(_) => Err(Error::Internal("read answer to a write".into())),
+        }
+    }
+
+    /// Reads `keys` (all on partition `p`); linearizable unless `stale`.
+    pub async fn read(
+        &self,
+        p: u32,
+        keys: Vec<(String, String)>,
+        stale: bool,
+    ) -> Result<Vec<Option<Record>>> {
+        match self.call_partition(p, Call::Read { keys, stale }).await? {
+            Answer::Read(r) => Ok(r),
+            Answer::Written(_) => Err(Error::Internal("write answer to a read".into())),
+        }
+    }
+
+    fn first_target(&self, p: u32, call: &Call, replicas: &[NodeId]) -> NodeId {
+        if let Some(g) = self.group(GroupId::Partition(p)) {
+            if matches!(call, Call::Read { stale: true, .. }) {
+                return self.id;
+            }
+            if let Some(l) = g.current_leader() {
+                return l;
+            }
+        }
+        if let Some(l) = self
+            .leader_hints
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&p)
+        {
+            return *l;
+        }
+        replicas.first().copied().unwrap_or(self.id)
+    }
+
+    async fn call_partition(&self, p: u32, call: Call) -> Result<Answer> {
+        let group = GroupId::Partition(p);
+        let meta = self.meta_state();
+        let replicas = meta.replicas(p).to_vec();
+        if replicas.is_empty() {
+            return Err(Error::Unavailable {
+                group,
+                message: "the grid is not bootstrapped yet".into(),
+            });
+        }
+        let deadline = Instant::now() + Duration::from_millis(self.config.request_timeout_ms);
+        let mut target = self.first_target(p, &call, &replicas);
+        let mut backoff = Duration::from_millis(20);
+        let mut last_error = String::from("no attempt");
+        let mut redirects = 0;
+        while Instant::now() < deadline {
+            let result = if target == self.id {
+                self.local_call(p, &call).await
+            } else {
+                self.remote_call(&meta, target, p, &call, deadline).await
+            };
+            let next = match result {
+                Ok(answer) => {
+                    if !matches!(call, Call::Read { stale: true, .. }) {
+                        self.leader_hints
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .insert(p, target);
+                    }
+                    return Ok(answer);
+                }
+                Err(Error::NotLeader {
+                    leader: Some(l), ..
+                }) if l != target && redirects < 3 => {
+                    redirects += 1;
+                    target = l;
+                    continue;
+                }
+                Err(Error::NotLeader { leader, .. }) => {
+                    last_error = format!("member {target} is not the leader (leader: {leader:?})");
+                    leader.filter(|l| *l != target)
+                }
+                Err(Error::Unavailable { message, .. }) if message.starts_with(NOT_SENT) => {
+                    last_error = format!("member {target}: {message}");
+                    None
+                }
+                Err(e) => return Err(e),
+            };
+            redirects = 0;
+            target = next.unwrap_or_else(|| {
+                let i = replicas
+                    .iter()
+                    .position(|r| *r == target)
+                    .map_or(0, |i| i + 1);
+                replicas[i % replicas.len()]
+            });
+            tokio::time::sleep(backoff.min(deadline.saturating_duration_since(Instant::now())))
+                .await;
+            backoff = (backoff * 2).min(Duration::from_millis(500));
+        }
+        Err(Error::Unavailable {
+            group,
+            message: format!(
+                "no leader answered within {} ms; last: {last_error}",
+                self.config.request_timeout_ms
+            ),
+        })
+    }
+
+    async fn local_call(&self, p: u32, call: &Call) -> Result<Answer> {
+        let group_id = GroupId::Partition(p);
+        let Some(group) = self.group(group_id) else {
+            return Err(Error::Unavailable {
+                group: group_id,
+                message: format!("{NOT_SENT} member {} does not host it", self.id),
+            });
+        };
+        match call {
+            Call::Write(ops) => Ok(Answer::Written(group.propose(ops.clone()).await?)),
+            Call::Read { keys, stale } => {
+                if !stale {
+                    group.read_barrier().await?;
+                }
+                Ok(Answer::Read(self.read_local(p, keys)?))
+            }
+        }
+    }
+
+    /// Reads from this member's replica of `p`, without any leadership check.
+    fn read_local(&self, p: u32, keys: &[(String, String)]) -> Result<Vec<Option<Record>>> {
+        let view = Overlay::new(&self.storage.state_machine, GroupId::Partition(p).to_key());
+        let now = now_ms();
+        keys.iter()
+            .map(|(m, k)| map::read(&view, m, k, now))
+            .collect()
+    }
+
+    async fn remote_call(
+        &self,
+        meta: &MetaState,
+        target: NodeId,
+        p: u32,
+        call: &Call,
+        deadline: Instant,
+    ) -> Result<Answer> {
+        let group = GroupId::Partition(p);
+        let Some(addr) = meta.addr(target) else {
+            return Err(Error::Unavailable {
+                group,
+                message: format!("{NOT_SENT} member {target} is unknown"),
+            });
+        };
+        let req = match call {
+            Call::Write(ops) => PeerRequest::Write {
+                group,
+                ops: ops.clone(),
+            },
+            Call::Read { keys, stale } => PeerRequest::Read {
+                group,
+                keys: keys.clone(),
+                stale: *stale,
+            },
+        };
+        let timeout = deadline
+            .saturating_duration_since(Instant::now())
+            .max(Duration::from_millis(1));
+        match self.transport.call(addr, Lane::Client, req, timeout).await {
+            Ok(PeerResponse::Write(r)) => r.map(Answer::Written).map_err(|e| e.into_error(group)),
+            Ok(PeerResponse::Read(r)) => r.map(Answer::Read).map_err(|e| e.into_error(group)),
+            Ok(other) => Err(Error::Internal(format!(
+                "member {target} answered {other:?}"
+            ))),
+            Err(TransportError::NotSent(m)) => Err(Error::Unavailable {
+                group,
+                message: format!("{NOT_SENT} {m}"),
+            }),
+            Err(e) => Err(Error::Unavailable {
+                group,
+                message: format!("member {target}: {e}; the outcome is unknown"),
+            }),
+        }
+    }
+
+    /// Serves one request from a peer.
+    pub async fn handle_peer(&self, req: PeerRequest) -> PeerResponse {
+        match req {
+            PeerRequest::Ping { .. } => PeerResponse::Pong { id: self.id },
+            PeerRequest::Status => PeerResponse::Status(self.status()),
+            PeerRequest::Raft { group, rpc } => {
+                let Some(g) = self.group(group) else {
+                    return PeerResponse::NoGroup;
+                };
+                match rpc {
+                    RaftRpc::Append(r) => {
+                        if r.vote.is_committed() {
+                            g.touch_leader_contact(self.clock_ms());
+                        }
+                        PeerResponse::Append(g.raft.append_entries(r).await)
+                    }
+                    RaftRpc::Vote(r) => PeerResponse::Vote(g.raft.vote(r).await),
+                    RaftRpc::Snapshot(r) => {
+                        PeerResponse::Snapshot(g.raft.install_snapshot(r).await)
+                    }
+                }
+            }
+            PeerRequest::Write {
+                group: GroupId::Partition(p),
+                ops,
+            } => PeerResponse::Write(
+                self.local_call(p, &Call::Write(ops))
+                    .await
+                    .and_then(|a| match a {
+                        Answer::Written(o) => Ok(o),
+                        Answer::Read(_) => Err(Error::Internal("read answer to a write".into())),
+                    })
+                    .map_err(WireError::from_error),
+            ),
+            PeerRequest::Read {
+                group: GroupId::Partition(p),
+                keys,
+                stale,
+            } => PeerResponse::Read(
+                self.local_call(p, &Call::Read { keys, stale })
+                    .await
+                    .and_then(|a| match a {
+                        Answer::Read(r) => Ok(r),
+                        Answer::Written(_) => Err(Error::Internal("write answer to a read".into())),
+                    })
+                    .map_err(WireError::from_error),
+            ),
+            PeerRequest::Write { .. } | PeerRequest::Read { .. } => {
+                PeerResponse::Invalid("map operations go to partitions".into())
+            }
+        }
+    }
+
+    /// Whether the leader of `g` is known and reachable from here.
+    pub fn has_usable_leader(&self, g: &Group) -> bool {
+        let m = g.raft.metrics().borrow().clone();
+        match m.current_leader {
+            Some(l) if l == self.id => m.state == ServerState::Leader,
+            Some(l) => self.liveness.alive(l),
+            None => false,
+        }
+    }
+
+    /// This member's report of itself.
+    pub fn status(&self) -> MemberStatus {
+        let meta = self.meta_state();
+        let mut s = MemberStatus {
+            id: self.id,
+            ..Default::default()
+        };
+        s.meta_leader = self.meta.is_leader();
+        let meta_ok = meta.bootstrapped() && self.has_usable_leader(&self.meta);
+        for p in 0..meta.partition_count {
+            if !meta.replicas(p).contains(&self.id) {
+                continue;
+            }
+            match self.group(GroupId::Partition(p)) {
+                Some(g) => {
+                    s.held.push(p);
+                    if g.is_leader() {
+                        s.led.push(p);
+                    }
+                    if !self.has_usable_leader(&g) {
+                        s.leaderless.push(p);
+                    }
+                }
+                None => s.leaderless.push(p),
+            }
+        }
+        s.ready = meta_ok && s.leaderless.is_empty();
+        s
+    }
+
+    /// The grid as this member can see it: every member's own report.
+    pub async fn cluster_view(&self) -> ClusterView {
+        let meta = self.meta_state();
+        let calls = meta.members.values().map(|m| async move {
+            if m.id == self.id {
+                return (m.id, Some(self.status()));
+            }
+            match self
+                .transport
+                .call(
+                    &m.addr,
+                    Lane::Raft,
+                    PeerRequest::Status,
+                    Duration::from_millis(1500),
+                )
+                .await
+            {
+                Ok(PeerResponse::Status(s)) => (m.id, Some(s)),
+                _ => (m.id, None),
+            }
+        });
+        let reports: BTreeMap<NodeId, Option<MemberStatus>> =
+            futures::future::join_all(calls).await.into_iter().collect();
+        let mut members = Vec::new();
+        for m in meta.members.values() {
+            let report = reports.get(&m.id).cloned().flatten();
+            let held = meta.partitions.iter().filter(|r| r.contains(&m.id)).count();
+            members.push(MemberView {
+                id: m.id,
+                address: m.addr.clone(),
+                state: if report.is_some() {
+                    serde_json::to_value(m.state)
+                        .ok()
+                        .and_then(|v| v.as_str().map(String::from))
+                        .unwrap_or_default()
+                } else {
+                    "unreachable".into()
+                },
+                ready: report.as_ref().is_some_and(|r| r.ready),
+                partitions_led: report.as_ref().map_or(0, |r| r.led.len()),
+                partitions_held: held,
+            });
+        }
+        let mut led_somewhere = vec![false; meta.partition_count as usize];
+        for r in reports.values().flatten() {
+            for p in &r.led {
+                if let Some(x) = led_somewhere.get_mut(*p as usize) {
+                    *x = true;
+                }
+            }
+        }
+        let mut under = 0;
+        for (p, replicas) in meta.partitions.iter().enumerate() {
+            let all_up = replicas.iter().all(|id| {
+                reports
+                    .get(id)
+                    .cloned()
+                    .flatten()
+                    .is_some_and(|r| r.held.contains(&(p as u32)))
+            });
+            if !all_up || (replicas.len() as u32) < meta.replication_factor {
+                under += 1;
+            }
+        }
+        ClusterView {
+            cluster_name: self.config.cluster_name.clone(),
+            answered_by: self.id,
+            bootstrapped: meta.bootstrapped(),
+            members,
+            partitions: PartitionsView {
+                count: meta.partition_count,
+                replication_factor: meta.replication_factor,
+                under_replicated: under,
+                without_leader: led_somewhere.iter().filter(|x| !**x).count(),
+            },
+        }
+    }
+}
+
+/// Marks errors raised before a request left this member (safe to send elsewhere).
+const NOT_SENT: &str = "not sent:";
+
+async fn open_group(
+    config: &Config,
+    storage: &Storage,
+    raft_config: &Arc<openraft::Config>,
+    transport: &Arc<Transport>,
+    id: GroupId,
+    meta_tx: Option<watch::Sender<Arc<MetaState>>>,
+    shutdown: &CancellationToken,
+) -> Result<Arc<Group>> {
+    let log = LogStore::new(storage.clone(), id.to_key());
+    let committed = log.committed_index();
+    let sm = StateMachineStore::open(storage.clone(), id, meta_tx)?;
+    let network = NetworkFactory::new(id, transport.clone());
+    let raft = Raft::new(config.node_id, raft_config.clone(), network, log, sm)
+        .await
+        .map_err(|e| Error::Internal(format!("start {id}: {e}")))?;
+    Ok(Group::new(id, raft, committed, shutdown.clone()))
+}
+
+/// `GET /v1/cluster`.
+#[derive(Debug, Serialize)]
+pub struct ClusterView {
+    /// Grid name.
+    pub cluster_name: String,
+    /// The member that assembled this view.
+    pub answered_by: NodeId,
+    /// Whether the partition table exists.
+    pub bootstrapped: bool,
+    /// Members in id order.
+    pub members: Vec<MemberView>,
+    /// Partition health.
+    pub partitions: PartitionsView,
+}
+
+/// One member in [`ClusterView`].
+#[derive(Debug, Serialize)]
+pub struct MemberView {
+    /// Member id.
+    pub id: NodeId,
+    /// Advertised address.
+    pub address: String,
+    /// `active`, ..., or `unreachable` when it did not answer.
+    pub state: String,
+    /// Whether its `/readyz` is green.
+    pub ready: bool,
+    /// Partitions it leads.
+    pub partitions_led: usize,
+    /// Partitions it holds a replica of.
+    pub partitions_held: usize,
+}
+
+/// Partition health in [`ClusterView`].
+#[derive(Debug, Serialize)]
+pub struct PartitionsView {
+    /// Number of partitions.
+    pub count: u32,
+    /// Replicas per partition.
+    pub replication_factor: u32,
+    /// Partitions with a replica missing or on a member that does not answer.
+    pub under_replicated: usize,
+    /// Partitions no answering member leads.
+    pub without_leader: usize,
+}

@@ -1,0 +1,246 @@
+//! One Raft group hosted by this member, with the batching that makes it cheap:
+//!
+//! - writes queue in a proposer that packs whatever is waiting into one Raft entry
+//!   (group commit; a few entries may be in flight at once);
+//! - linearizable reads queue at a read barrier: one leadership check (read index) serves
+//!   every read that arrived before it started.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
+use openraft::ServerState;
+use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio_util::sync::CancellationToken;
+
+use crate::cluster::now_ms;
+use crate::raft::{GroupId, NodeId, Raft, Request, Response};
+use crate::structures::map::{MapBatch, MapOp, OpOutcome};
+use crate::{Error, Result};
+
+/// Operations per Raft entry, at most.
+const MAX_OPS_PER_ENTRY: usize = 1024;
+/// Entries of one group being replicated at once, at most.
+const ENTRIES_IN_FLIGHT: usize = 8;
+
+struct Proposal {
+    ops: Vec<MapOp>,
+    reply: oneshot::Sender<Result<Vec<OpOutcome>>>,
+}
+
+/// Election bookkeeping of the liveness driver.
+#[derive(Default)]
+pub struct ElectionState {
+    /// When this member first saw the group without a usable leader.
+    pub leaderless_since: Option<Instant>,
+    /// Earliest time of the next election attempt.
+    pub next_attempt: Option<Instant>,
+}
+
+/// A hosted Raft group.
+pub struct Group {
+    /// Which group.
+    pub id: GroupId,
+    /// The openraft handle.
+    pub raft: Raft,
+    /// Last committed log index, from the log store.
+    pub committed: Arc<AtomicU64>,
+    /// When an AppendEntries last arrived from a leader (ms on the member's clock, 0: never).
+    pub last_leader_contact: AtomicU64,
+    /// Election bookkeeping.
+    pub election: Mutex<ElectionState>,
+    proposals: mpsc::UnboundedSender<Proposal>,
+    reads: mpsc::UnboundedSender<oneshot::Sender<Result<()>>>,
+}
+
+impl Group {
+    /// Wraps `raft` and starts its proposer and read barrier (stopped by `shutdown`).
+    pub fn new(
+        id: GroupId,
+        raft: Raft,
+        committed: Arc<AtomicU64>,
+        shutdown: CancellationToken,
+    ) -> Arc<Self> {
+        let (ptx, prx) = mpsc::unbounded_channel();
+        let (rtx, rrx) = mpsc::unbounded_channel();
+        tokio::spawn(run_proposer(id, raft.clone(), prx, shutdown.clone()));
+        tokio::spawn(run_read_barrier(id, raft.clone(), rrx, shutdown));
+        Arc::new(Group {
+            id,
+            raft,
+            committed,
+            last_leader_contact: AtomicU64::new(0),
+            election: Mutex::new(ElectionState::default()),
+            proposals: ptx,
+            reads: rtx,
+        })
+    }
+
+    /// Replicates `ops` in one entry (possibly with other callers' ops) and returns their
+    /// outcomes. `NotLeader` means the ops were not committed and may be sent elsewhere.
+    pub async fn propose(&self, ops: Vec<MapOp>) -> Result<Vec<OpOutcome>> {
+        let (tx, rx) = oneshot::channel();
+        self.proposals
+            .send(Proposal { ops, reply: tx })
+            .map_err(|_| Error::Unavailable {
+                group: self.id,
+                message: "member is stopping".into(),
+            })?;
+        rx.await.map_err(|_| Error::Unavailable {
+            group: self.id,
+            message: "member is stopping".into(),
+        })?
+    }
+
+    /// Returns once this member is confirmed leader and has applied everything committed
+    /// before the call: local reads after it are linearizable.
+    pub async fn read_barrier(&self) -> Result<()> {
+        let (tx, rx) = oneshot::channel();
+        self.reads.send(tx).map_err(|_| Error::Unavailable {
+            group: self.id,
+            message: "member is stopping".into(),
+        })?;
+        rx.await.map_err(|_| Error::Unavailable {
+            group: self.id,
+            message: "member is stopping".into(),
+        })?
+    }
+
+    /// Whether this member currently leads the group.
+    pub fn is_leader(&self) -> bool {
+        self.raft.metrics().borrow().state == ServerState::Leader
+    }
+
+    /// The leader this member knows of.
+    pub fn current_leader(&self) -> Option<NodeId> {
+        self.raft.metrics().borrow().current_leader
+    }
+
+    /// Records an AppendEntries from a leader.
+    pub fn touch_leader_contact(&self, now_ms: u64) {
+        self.last_leader_contact.store(now_ms, Ordering::Relaxed);
+    }
+}
+
+fn write_error(
+    group: GroupId,
+    e: RaftError<NodeId, ClientWriteError<NodeId, crate::raft::MemberNode>>,
+) -> Error {
+    match e {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => Error::NotLeader {
+            group,
+            leader: f.leader_id,
+        },
+        other => Error::Unavailable {
+            group,
+            message: other.to_string(),
+        },
+    }
+}
+
+async fn run_proposer(
+    group: GroupId,
+    raft: Raft,
+    mut rx: mpsc::UnboundedReceiver<Proposal>,
+    shutdown: CancellationToken,
+) {
+    let slots = Arc::new(Semaphore::new(ENTRIES_IN_FLIGHT));
+    loop {
+        let first = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            p = rx.recv() => match p { Some(p) => p, None => return },
+        };
+        let Ok(permit) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let mut batch = vec![first];
+        let mut n = batch[0].ops.len();
+        while n < MAX_OPS_PER_ENTRY {
+            match rx.try_recv() {
+                Ok(p) => {
+                    n += p.ops.len();
+                    batch.push(p);
+                }
+                Err(_) => break,
+            }
+        }
+        let raft = raft.clone();
+        tokio::spawn(async move {
+            let sizes: Vec<usize> = batch.iter().map(|p| p.ops.len()).collect();
+            let (ops, replies): (Vec<Vec<MapOp>>, Vec<_>) =
+                batch.into_iter().map(|p| (p.ops, p.reply)).unzip();
+            let entry = MapBatch {
+                now_ms: now_ms(),
+                ops: ops.into_iter().flatten().collect(),
+            };
+            let result = raft.client_write(Request::Map(entry)).await;
+            drop(permit);
+            match result {
+                Ok(resp) => {
+                    let Response::Map(outcomes) = resp.data else {
+                        for r in replies {
+                            let _ = r.send(Err(Error::Internal(
+                                "partition answered a map batch with something else".into(),
+                            )));
+                        }
+                        return;
+                    };
+                    let mut it = outcomes.into_iter();
+                    for (reply, n) in replies.into_iter().zip(sizes) {
+                        let _ = reply.send(Ok(it.by_ref().take(n).collect()));
+                    }
+                }
+                Err(e) => {
+                    let e = write_error(group, e);
+                    for reply in replies {
+                        let _ = reply.send(Err(match &e {
+                            Error::NotLeader { group, leader } => Error::NotLeader {
+                                group: *group,
+                                leader: *leader,
+                            },
+                            other => Error::Unavailable {
+                                group,
+                                message: other.to_string(),
+                            },
+                        }));
+                    }
+                }
+            }
+        });
+    }
+}
+
+async fn run_read_barrier(
+    group: GroupId,
+    raft: Raft,
+    mut rx: mpsc::UnboundedReceiver<oneshot::Sender<Result<()>>>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let first = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            p = rx.recv() => match p { Some(p) => p, None => return },
+        };
+        let mut waiting = vec![first];
+        while let Ok(more) = rx.try_recv() {
+            waiting.push(more);
+        }
+        let result = raft.ensure_linearizable().await;
+        for w in waiting {
+            let _ = w.send(match &result {
+                Ok(_) => Ok(()),
+                Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => {
+                    Err(Error::NotLeader {
+                        group,
+                        leader: f.leader_id,
+                    })
+                }
+                Err(e) => Err(Error::Unavailable {
+                    group,
+                    message: e.to_string(),
+                }),
+            });
+        }
+    }
+}

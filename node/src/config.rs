@@ -1,0 +1,187 @@
+//! A member's configuration. The binary fills it from a YAML file, environment variables
+//! and flags (in rising precedence); the library only ever sees this typed value.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::raft::NodeId;
+
+/// One initial member: `id=host:port`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Seed {
+    /// Member id.
+    pub id: NodeId,
+    /// Advertised `host:port`.
+    pub addr: String,
+}
+
+impl std::str::FromStr for Seed {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (id, addr) = s
+            .split_once('=')
+            .ok_or_else(|| format!("{s:?}: expected id=host:port, e.g. 1=127.0.0.1:7001"))?;
+        let id = id
+            .trim()
+            .parse()
+            .map_err(|_| format!("{s:?}: member id {id:?} is not a number"))?;
+        let addr = addr.trim();
+        if addr
+            .rsplit_once(':')
+            .and_then(|(_, p)| p.parse::<u16>().ok())
+            .is_none()
+        {
+            return Err(format!("{s:?}: address {addr:?} is not host:port"));
+        }
+        Ok(Seed {
+            id,
+            addr: addr.to_string(),
+        })
+    }
+}
+
+/// Settings of one member.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Stable member id (> 0).
+    pub node_id: NodeId,
+    /// Address the HTTP endpoint (API and peer traffic) binds.
+    pub listen: SocketAddr,
+    /// Address other members and clients use to reach this one (default: `listen`).
+    pub advertise: Option<String>,
+    /// Where sled keeps this member's data.
+    pub data_dir: PathBuf,
+    /// Members that form the grid at first start, this one included.
+    pub initial_members: Vec<Seed>,
+    /// Partitions of a new grid (fixed once bootstrapped).
+    pub partitions: u32,
+    /// Replicas per partition (capped at the member count).
+    pub replication_factor: u32,
+    /// Name shared by the members of one grid.
+    pub cluster_name: String,
+    /// How long a request may wait for a partition leader, in milliseconds.
+    pub request_timeout_ms: u64,
+    /// A member that has not answered pings for this long is treated as down (ms).
+    pub member_down_after_ms: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            node_id: 1,
+            listen: SocketAddr::from(([127, 0, 0, 1], 7001)),
+            advertise: None,
+            data_dir: PathBuf::from(".devicegrid/member-1"),
+            initial_members: Vec::new(),
+            partitions: 271,
+            replication_factor: 3,
+            cluster_name: "devicegrid".into(),
+            request_timeout_ms: 10_000,
+            member_down_after_ms: 2_000,
+        }
+    }
+}
+
+impl Config {
+    /// The address others use for this member.
+    pub fn advertised(&self) -> String {
+        self.advertise
+            .clone()
+            .unwrap_or_else(|| self.listen.to_string())
+    }
+
+    /// The initial member list, defaulting to this member alone.
+    pub fn seeds(&self) -> Vec<Seed> {
+        if self.initial_members.is_empty() {
+            vec![Seed {
+                id: self.node_id,
+                addr: self.advertised(),
+            }]
+        } else {
+            self.initial_members.clone()
+        }
+    }
+
+    /// Checks the settings and their relations.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.node_id == 0 {
+            return Err("node id must be greater than 0".into());
+        }
+        if !(1..=65_536).contains(&self.partitions) {
+            return Err(format!(
+                "partitions must be between 1 and 65536, not {}",
+                self.partitions
+            ));
+        }
+        if !(1..=7).contains(&self.replication_factor) {
+            return Err(format!(
+                "replication factor must be between 1 and 7, not {}",
+                self.replication_factor
+            ));
+        }
+        let seeds = self.seeds();
+        if !seeds.iter().any(|s| s.id == self.node_id) {
+            return Err(format!(
+                "initial members must include this member (id {})",
+                self.node_id
+            ));
+        }
+        let mut ids: Vec<_> = seeds.iter().map(|s| s.id).collect();
+        ids.sort_unstable();
+        if ids.windows(2).any(|w| w[0] == w[1]) || ids.contains(&0) {
+            return Err("initial member ids must be distinct and greater than 0".into());
+        }
+        if self.member_down_after_ms < 500 {
+            return Err("member_down_after_ms must be at least 500".into());
+        }
+        if self.request_timeout_ms < 100 {
+            return Err("request_timeout_ms must be at least 100".into());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seeds_parse_and_validate() {
+        let s: Seed = "2=127.0.0.1:7002".parse().expect("seed");
+        assert_eq!(
+            s,
+            Seed {
+                id: 2,
+                addr: "127.0.0.1:7002".into()
+            }
+        );
+        assert!("x=127.0.0.1:1".parse::<Seed>().is_err());
+        assert!("1=localhost".parse::<Seed>().is_err());
+        let mut c = Config {
+            initial_members: vec![s],
+            ..Config::default()
+        };
+        assert!(
+            c.validate().is_err(),
+            "member 1 is not among the initial members"
+        );
+        c.node_id = 2;
+        assert_eq!(c.validate(), Ok(()));
+        c.partitions = 0;
+        assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn yaml_file_fills_defaults() {
+        let c: Config = serde_yaml::from_str("node_id: 3\npartitions: 16\n").expect("yaml");
+        assert_eq!((c.node_id, c.partitions, c.replication_factor), (3, 16, 3));
+        assert!(
+            serde_yaml::from_str::<Config>("nodeid: 3\n").is_err(),
+            "unknown fields are refused"
+        );
+    }
+}

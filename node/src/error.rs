@@ -1,0 +1,90 @@
+//! The crate's error type. HTTP status codes are decided once, in `api::error`.
+
+use crate::raft::GroupId;
+
+/// Result with the crate's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong serving a request or running a member.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The client sent something malformed or over a limit; `code` is machine-readable.
+    #[error("{message}")]
+    BadRequest {
+        /// Machine-readable error code, e.g. `invalid_json`.
+        code: &'static str,
+        /// Human-readable explanation.
+        message: String,
+    },
+    /// The named entry or resource does not exist.
+    #[error("{0}")]
+    NotFound(String),
+    /// An `If-Match` version did not match the entry's current version.
+    #[error("version mismatch: expected {expected}, current {current:?}")]
+    VersionMismatch {
+        /// The version the client asked for.
+        expected: u64,
+        /// The entry's current version, `None` when absent.
+        current: Option<u64>,
+    },
+    /// An entry processor refused to run on the current value (e.g. a failed condition).
+    #[error("{message}")]
+    ProcessorFailed {
+        /// Machine-readable error code, e.g. `condition_failed`.
+        code: String,
+        /// Human-readable explanation.
+        message: String,
+    },
+    /// This member does not lead the group; `leader` is the best known leader.
+    #[error("group {group} is led by {leader:?}, not this member")]
+    NotLeader {
+        /// The group asked for.
+        group: GroupId,
+        /// The leader this member knows of.
+        leader: Option<u64>,
+    },
+    /// The group has no quorum or no reachable leader right now; the client may retry.
+    #[error("group {group} is unavailable: {message}")]
+    Unavailable {
+        /// The group that could not serve.
+        group: GroupId,
+        /// What was tried.
+        message: String,
+    },
+    /// Persistent storage failed.
+    #[error("storage: {0}")]
+    Storage(String),
+    /// A failure of this member that the client cannot fix.
+    #[error("internal: {0}")]
+    Internal(String),
+}
+
+impl Error {
+    /// Shorthand for [`Error::BadRequest`].
+    pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
+        Error::BadRequest {
+            code,
+            message: message.into(),
+        }
+    }
+
+    /// Label for metrics and logs.
+    pub fn code(&self) -> &str {
+        match self {
+            Error::BadRequest { code, .. } => code,
+            Error::NotFound(_) => "not_found",
+            Error::VersionMismatch { .. } => "version_mismatch",
+            Error::ProcessorFailed { code, .. } => code,
+            Error::NotLeader { .. } => "not_leader",
+            Error::Unavailable { .. } => "unavailable",
+            Error::Storage(_) => "storage",
+            Error::Internal(_) => "internal",
+        }
+    }
+}
+
+impl From<sled::Error> for Error {
+    fn from(e: sled::Error) -> Self {
+        Error::Storage(e.to_string())
+    }
+}

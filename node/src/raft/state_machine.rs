@@ -1,0 +1,309 @@
+//! [`RaftStateMachine`] for one group: partitions apply map batches, the metadata group
+//! applies [`MetaCommand`](crate::cluster::meta::MetaCommand)s. Each `apply` call is one
+//! atomic sled batch, applied log id included.
+
+use std::io::Cursor;
+use std::sync::Arc;
+
+use openraft::storage::RaftStateMachine;
+use openraft::{
+    EntryPayload, LogId, OptionalSend, RaftSnapshotBuilder, Snapshot, SnapshotMeta, StorageIOError,
+    StoredMembership,
+};
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use super::{
+    any_error, Entry, GroupId, MemberNode, NodeId, Request, Response, StorageError, TypeConfig,
+};
+use crate::cluster::meta::{self, MetaState};
+use crate::storage::{clear_group, decode, encode, group_key, sm_space, Overlay, Storage};
+use crate::structures::map;
+
+/// What the `APPLIED` key of a group holds.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+struct AppliedState {
+    last_applied: Option<LogId<NodeId>>,
+    membership: StoredMembership<NodeId, MemberNode>,
+    /// Partition revision: the version counter of map entries.
+    revision: u64,
+}
+
+/// A snapshot as stored and sent: the group's whole state-machine range.
+#[derive(Serialize, Deserialize)]
+struct SnapshotData {
+    /// `(key suffix, value)` pairs of the group's range.
+    entries: Vec<(serde_bytes::ByteBuf, serde_bytes::ByteBuf)>,
+}
+
+/// A snapshot kept in the `snapshots` tree.
+#[derive(Serialize, Deserialize)]
+struct StoredSnapshot {
+    meta: SnapshotMeta<NodeId, MemberNode>,
+    data: serde_bytes::ByteBuf,
+}
+
+/// One group's state machine.
+pub struct StateMachineStore {
+    group: GroupId,
+    st: Storage,
+    applied: AppliedState,
+    /// Published metadata state (metadata group only).
+    meta_tx: Option<watch::Sender<Arc<MetaState>>>,
+}
+
+fn read_err(e: impl std::fmt::Display) -> StorageError {
+    StorageIOError::read_state_machine(any_error(e)).into()
+}
+
+fn write_err(e: impl std::fmt::Display) -> StorageError {
+    StorageIOError::write_state_machine(any_error(e)).into()
+}
+
+impl StateMachineStore {
+    /// Opens the state machine of `group`; `meta_tx` receives the metadata state of the
+    /// metadata group whenever it changes.
+    pub fn open(
+        st: Storage,
+        group: GroupId,
+        meta_tx: Option<watch::Sender<Arc<MetaState>>>,
+    ) -> crate::Result<Self> {
+        let key = group_key(group.to_key(), &[sm_space::APPLIED]);
+        let applied = match st.state_machine.get(key)? {
+            Some(b) => decode(&b)?,
+            None => AppliedState::default(),
+        };
+        let sm = StateMachineStore {
+            group,
+            st,
+            applied,
+            meta_tx,
+        };
+        sm.publish_meta()?;
+        Ok(sm)
+    }
+
+    /// Reads the stored metadata state of a member (empty before bootstrap).
+    pub fn load_meta(st: &Storage) -> crate::Result<MetaState> {
+        let key = group_key(GroupId::Meta.to_key(), &[sm_space::META]);
+        Ok(match st.state_machine.get(key)? {
+            Some(b) => decode(&b)?,
+            None => MetaState::default(),
+        })
+    }
+
+    fn publish_meta(&self) -> crate::Result<()> {
+        if let Some(tx) = &self.meta_tx {
+            let state = Self::load_meta(&self.st)?;
+            tx.send_replace(Arc::new(state));
+        }
+        Ok(())
+    }
+
+    fn apply_request(&mut self, view: &mut Overlay<'_>, req: &Request) -> crate::Result<Response> {
+        Ok(match (self.group, req) {
+            (GroupId::Partition(_), Request::Map(batch)) => {
+                Response::Map(map::apply_batch(view, &mut self.applied.revision, batch)?)
+            }
+            (GroupId::Meta, Request::Meta(cmd)) => {
+                let mut state: MetaState = match view.get(&[sm_space::META])? {
+                    Some(b) => decode(&b)?,
+                    None => MetaState::default(),
+                };
+                let changed = meta::apply(&mut state, cmd);
+                if changed {
+                    view.put(&[sm_space::META], encode(&state)?);
+                }
+                Response::Meta(changed)
+            }
+            // A request proposed to the wrong kind of group changes nothing, on every replica.
+            _ => Response::None,
+        })
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachineStore {
+    type SnapshotBuilder = SnapshotBuilder;
+
+    async fn applied_state(
+        &mut self,
+    ) -> Result<(Option<LogId<NodeId>>, StoredMembership<NodeId, MemberNode>), StorageError> {
+        Ok((self.applied.last_applied, self.applied.membership.clone()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Response>, StorageError>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let tree = self.st.state_machine.clone();
+        let mut view = Overlay::new(&tree, self.group.to_key());
+        let mut out = Vec::new();
+        let mut meta_changed = false;
+        for entry in entries {
+            self.applied.last_applied = Some(entry.log_id);
+            let resp = match &entry.payload {
+                EntryPayload::Blank => Response::None,
+                EntryPayload::Normal(req) => {
+                    self.apply_request(&mut view, req).map_err(write_err)?
+                }
+                EntryPayload::Membership(m) => {
+                    self.applied.membership = StoredMembership::new(Some(entry.log_id), m.clone());
+                    Response::None
+                }
+            };
+            meta_changed |= matches!(resp, Response::Meta(true));
+            out.push(resp);
+        }
+        view.put(
+            &[sm_space::APPLIED],
+            encode(&self.applied).map_err(write_err)?,
+        );
+        view.commit().map_err(write_err)?;
+        if meta_changed {
+            self.publish_meta().map_err(read_err)?;
+        }
+        Ok(out)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        // Copy the range here, between two applies, so the snapshot is consistent with
+        // `last_applied` while building it runs concurrently with later applies.
+        let mut entries = Vec::new();
+        let mut error = None;
+        for item in self
+            .st
+            .state_machine
+            .scan_prefix(self.group.to_key().to_be_bytes())
+        {
+            match item {
+                Ok((k, v)) => entries.push((
+                    serde_bytes::ByteBuf::from(k[4..].to_vec()),
+                    serde_bytes::ByteBuf::from(v.to_vec()),
+                )),
+                Err(e) => {
+                    error = Some(e.to_string());
+                    break;
+                }
+            }
+        }
+        SnapshotBuilder {
+            group: self.group,
+            st: self.st.clone(),
+            last_applied: self.applied.last_applied,
+            membership: self.applied.membership.clone(),
+            data: SnapshotData { entries },
+            error,
+        }
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta<NodeId, MemberNode>,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), StorageError> {
+        let bytes = snapshot.into_inner();
+        let data: SnapshotData = decode(&bytes).map_err(write_err)?;
+        let g = self.group.to_key();
+        clear_group(&self.st.state_machine, g).map_err(write_err)?;
+        let mut batch = sled::Batch::default();
+        let mut revision = 0;
+        for (k, v) in &data.entries {
+            if k.as_slice() == [sm_space::APPLIED] {
+                revision = decode::<AppliedState>(v).map_err(write_err)?.revision;
+                continue;
+            }
+            batch.insert(group_key(g, k), v.to_vec());
+        }
+        self.applied = AppliedState {
+            last_applied: meta.last_log_id,
+            membership: meta.last_membership.clone(),
+            revision,
+        };
+        batch.insert(
+            group_key(g, &[sm_space::APPLIED]),
+            encode(&self.applied).map_err(write_err)?,
+        );
+        self.st
+            .state_machine
+            .apply_batch(batch)
+            .map_err(write_err)?;
+        let stored = StoredSnapshot {
+            meta: meta.clone(),
+            data: serde_bytes::ByteBuf::from(bytes),
+        };
+        self.st
+            .snapshots
+            .insert(g.to_be_bytes(), encode(&stored).map_err(write_err)?)
+            .map_err(write_err)?;
+        self.publish_meta().map_err(read_err)?;
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
+        let Some(bytes) = self
+            .st
+            .snapshots
+            .get(self.group.to_key().to_be_bytes())
+            .map_err(read_err)?
+        else {
+            return Ok(None);
+        };
+        let stored: StoredSnapshot = decode(&bytes).map_err(read_err)?;
+        Ok(Some(Snapshot {
+            meta: stored.meta,
+            snapshot: Box::new(Cursor::new(stored.data.into_vec())),
+        }))
+    }
+}
+
+/// Builds a snapshot from the range copied by `get_snapshot_builder`.
+pub struct SnapshotBuilder {
+    group: GroupId,
+    st: Storage,
+    last_applied: Option<LogId<NodeId>>,
+    membership: StoredMembership<NodeId, MemberNode>,
+    data: SnapshotData,
+    error: Option<String>,
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
+    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
+        if let Some(e) = &self.error {
+            return Err(read_err(e));
+        }
+        let bytes = encode(&self.data).map_err(read_err)?;
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default();
+        let snapshot_id = match self.last_applied {
+            Some(l) => format!("{}-{}-{}-{nanos}", self.group, l.leader_id.term, l.index),
+            None => format!("{}-none-{nanos}", self.group),
+        };
+        let meta = SnapshotMeta {
+            last_log_id: self.last_applied,
+            last_membership: self.membership.clone(),
+            snapshot_id,
+        };
+        let stored = StoredSnapshot {
+            meta: meta.clone(),
+            data: serde_bytes::ByteBuf::from(bytes.clone()),
+        };
+        self.st
+            .snapshots
+            .insert(
+                self.group.to_key().to_be_bytes(),
+                encode(&stored).map_err(write_err)?,
+            )
+            .map_err(write_err)?;
+        Ok(Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(bytes)),
+        })
+    }
+}

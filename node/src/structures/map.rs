@@ -1,0 +1,429 @@
+//! Maps: versioned JSON entries with TTL, compare-and-set and entry processors.
+//!
+//! An entry's version is the partition's revision at its last write: a counter that every
+//! mutation in the partition increments (as etcd's `mod_revision`). Versions of one key only
+//! grow, even across delete and re-create, so `If-Match` never matches a different
+//! incarnation of a key. `If-Match: 0` means "only if absent".
+
+use serde::{Deserialize, Serialize};
+
+use crate::storage::{decode, encode, sm_space, Overlay};
+use crate::structures::processor::{self, Processor};
+use crate::Result;
+
+/// Longest accepted map name, in bytes.
+pub const MAX_MAP_NAME_BYTES: usize = 128;
+/// Longest accepted key, in bytes.
+pub const MAX_KEY_BYTES: usize = 512;
+/// Largest accepted value (serialized JSON), in bytes.
+pub const MAX_VALUE_BYTES: usize = 1024 * 1024;
+
+/// A stored map entry.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Record {
+    /// The value as JSON text.
+    pub value: String,
+    /// The partition revision of the last write.
+    pub version: u64,
+    /// Wall-clock expiry (ms since the Unix epoch), if the entry has a TTL.
+    pub expires_at_ms: Option<u64>,
+}
+
+impl Record {
+    /// Whether the entry is gone at `now_ms`.
+    pub fn expired(&self, now_ms: u64) -> bool {
+        self.expires_at_ms.is_some_and(|t| t <= now_ms)
+    }
+}
+
+/// One mutation of one map entry.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum MapOp {
+    /// Set the value.
+    Put {
+        /// Map name.
+        map: String,
+        /// Entry key.
+        key: String,
+        /// The new value as JSON text.
+        value: String,
+        /// Write only if the current version is this (0: only if absent).
+        if_version: Option<u64>,
+        /// Time to live in milliseconds.
+        ttl_ms: Option<u64>,
+    },
+    /// Remove the entry.
+    Delete {
+        /// Map name.
+        map: String,
+        /// Entry key.
+        key: String,
+        /// Remove only if the current version is this.
+        if_version: Option<u64>,
+    },
+    /// Run an entry processor on the current value.
+    Process {
+        /// Map name.
+        map: String,
+        /// Entry key.
+        key: String,
+        /// What to run.
+        processor: Processor,
+    },
+    /// Drop an expired entry (proposed by the partition leader's sweeper).
+    Expire {
+        /// Map name.
+        map: String,
+        /// Entry key.
+        key: String,
+        /// Only if the entry still has this version.
+        version: u64,
+    },
+}
+
+impl MapOp {
+    /// The map and key the operation touches.
+    pub fn target(&self) -> (&str, &str) {
+        match self {
+            MapOp::Put { map, key, .. }
+            | MapOp::Delete { map, key, .. }
+            | MapOp::Process { map, key, .. }
+            | MapOp::Expire { map, key, .. } => (map, key),
+        }
+    }
+}
+
+/// Operations applied together in one Raft entry, with the leader's clock.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct MapBatch {
+    /// Leader wall clock when proposed (ms since the Unix epoch).
+    pub now_ms: u64,
+    /// The operations, applied in order.
+    pub ops: Vec<MapOp>,
+}
+
+/// The result of one [`MapOp`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum OpOutcome {
+    /// The entry was written.
+    Written {
+        /// Its new version.
+        version: u64,
+        /// The new value, returned by processors.
+        value: Option<String>,
+    },
+    /// The entry was removed.
+    Deleted {
+        /// The version it had.
+        version: u64,
+    },
+    /// There was no entry.
+    NotFound,
+    /// `if_version` did not match.
+    VersionMismatch {
+        /// The current version, if any.
+        current: Option<u64>,
+    },
+    /// The processor refused to run.
+    Failed {
+        /// Machine-readable code.
+        code: String,
+        /// Explanation.
+        message: String,
+    },
+}
+
+/// Storage key suffix of an entry within its partition.
+pub fn entry_key(map: &str, key: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(2 + map.len() + key.len());
+    k.push(sm_space::MAP);
+    k.extend_from_slice(map.as_bytes());
+    k.push(0);
+    k.extend_from_slice(key.as_bytes());
+    k
+}
+
+/// Splits an entry key suffix (as made by [`entry_key`]) back into map and key.
+pub fn split_entry_key(suffix: &[u8]) -> Option<(String, String)> {
+    let rest = suffix.strip_prefix(&[sm_space::MAP])?;
+    let nul = rest.iter().position(|b| *b == 0)?;
+    let map = std::str::from_utf8(&rest[..nul]).ok()?;
+    let key = std::str::from_utf8(&rest[nul + 1..]).ok()?;
+    Some((map.to_string(), key.to_string()))
+}
+
+/// Reads a live entry (expired entries read as absent).
+pub fn read(view: &Overlay<'_>, map: &str, key: &str, now_ms: u64) -> Result<Option<Record>> {
+    Ok(match view.get(&entry_key(map, key))? {
+        Some(bytes) => Some(decode::<Record>(&bytes)?).filter(|r| !r.expired(now_ms)),
+        None => None,
+    })
+}
+
+/// Applies one batch; `revision` is the partition's revision counter.
+pub fn apply_batch(
+    view: &mut Overlay<'_>,
+    revision: &mut u64,
+    batch: &MapBatch,
+) -> Result<Vec<OpOutcome>> {
+    batch
+        .ops
+        .iter()
+        .map(|op| apply_op(view, revision, batch.now_ms, op))
+        .collect()
+}
+
+fn version_ok(if_version: Option<u64>, current: Option<&Record>) -> bool {
+    match (if_version, current) {
+        (None, _) => true,
+        (Some(0), None) => true,
+        (Some(v), Some(r)) => r.version == v,
+        (Some(_), None) => false,
+    }
+}
+
+fn write(
+    view: &mut Overlay<'_>,
+    revision: &mut u64,
+    k: &[u8],
+    value: String,
+    expires_at_ms: Option<u64>,
+) -> Result<u64> {
+    *revision += 1;
+    let record = Record {
+        value,
+        version: *revision,
+        expires_at_ms,
+    };
+    view.put(k, encode(&record)?);
+    Ok(*revision)
+}
+
+fn apply_op(view: &mut Overlay<'_>, revision: &mut u64, now: u64, op: &MapOp) -> Result<OpOutcome> {
+    let (map, key) = op.target();
+    let k = entry_key(map, key);
+    let current = read(view, map, key, now)?;
+    Ok(match op {
+        MapOp::Put {
+            value,
+            if_version,
+            ttl_ms,
+            ..
+        } => {
+            if !version_ok(*if_version, current.as_ref()) {
+                return Ok(OpOutcome::VersionMismatch {
+                    current: current.map(|r| r.version),
+                });
+            }
+            let expires = ttl_ms.map(|t| now.saturating_add(t));
+            let version = write(view, revision, &k, value.clone(), expires)?;
+            OpOutcome::Written {
+                version,
+                value: None,
+            }
+        }
+        MapOp::Delete { if_version, .. } => match current {
+            None if if_version.is_some_and(|v| v != 0) => {
+                OpOutcome::VersionMismatch { current: None }
+            }
+            None => OpOutcome::NotFound,
+            Some(r) if !version_ok(*if_version, Some(&r)) => OpOutcome::VersionMismatch {
+                current: Some(r.version),
+            },
+            Some(r) => {
+                *revision += 1;
+                view.remove(&k);
+                OpOutcome::Deleted { version: r.version }
+            }
+        },
+        MapOp::Process { processor, .. } => {
+            let old = match &current {
+                Some(r) => Some(serde_json::from_str(&r.value).map_err(|e| {
+                    crate::Error::Storage(format!("stored value of {map}/{key} is not JSON: {e}"))
+                })?),
+                None => None,
+            };
+            match processor::run(processor, old, now) {
+                Ok(new) => {
+                    let text = new.to_string();
+                    let expires = current.and_then(|r| r.expires_at_ms);
+                    let version = write(view, revision, &k, text.clone(), expires)?;
+                    OpOutcome::Written {
+                        version,
+                        value: Some(text),
+                    }
+                }
+                Err(f) => OpOutcome::Failed {
+                    code: f.code.to_string(),
+                    message: f.message,
+                },
+            }
+        }
+        MapOp::Expire { version, .. } => {
+            // `read` hides expired entries, so look at the raw record.
+            let raw: Option<Record> = view.get(&k)?.map(|b| decode(&b)).transpose()?;
+            match raw {
+                Some(r) if r.version == *version && r.expired(now) => {
+                    *revision += 1;
+                    view.remove(&k);
+                    OpOutcome::Deleted { version: r.version }
+                }
+                _ => OpOutcome::NotFound,
+            }
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn put(key: &str, value: &str, if_version: Option<u64>, ttl_ms: Option<u64>) -> MapOp {
+        MapOp::Put {
+            map: "devices".into(),
+            key: key.into(),
+            value: value.into(),
+            if_version,
+            ttl_ms,
+        }
+    }
+
+    fn run(db: &sled::Tree, rev: &mut u64, now_ms: u64, ops: Vec<MapOp>) -> Vec<OpOutcome> {
+        let mut view = Overlay::new(db, 7);
+        let out = apply_batch(&mut view, rev, &MapBatch { now_ms, ops }).expect("apply");
+        view.commit().expect("commit");
+        out
+    }
+
+    fn tree() -> sled::Tree {
+        let db = sled::Config::new().temporary(true).open().expect("sled");
+        db.open_tree("sm").expect("tree")
+    }
+
+    #[test]
+    fn put_get_versions_and_cas() {
+        let t = tree();
+        let mut rev = 0;
+        let out = run(
+            &t,
+            &mut rev,
+            1,
+            vec![put("a", "1", None, None), put("a", "2", Some(1), None)],
+        );
+        assert_eq!(
+            out[0],
+            OpOutcome::Written {
+                version: 1,
+                value: None
+            }
+        );
+        assert_eq!(
+            out[1],
+            OpOutcome::Written {
+                version: 2,
+                value: None
+            }
+        );
+        let out = run(
+            &t,
+            &mut rev,
+            1,
+            vec![put("a", "3", Some(1), None), put("b", "1", Some(0), None)],
+        );
+        assert_eq!(out[0], OpOutcome::VersionMismatch { current: Some(2) });
+        assert_eq!(
+            out[1],
+            OpOutcome::Written {
+                version: 3,
+                value: None
+            }
+        );
+        let view = Overlay::new(&t, 7);
+        assert_eq!(
+            read(&view, "devices", "a", 1)
+                .expect("read")
+                .map(|r| r.value),
+            Some("2".into())
+        );
+        // another group's range is separate
+        assert_eq!(
+            read(&Overlay::new(&t, 8), "devices", "a", 1).expect("read"),
+            None
+        );
+    }
+
+    #[test]
+    fn delete_and_recreate_never_reuses_a_version() {
+        let t = tree();
+        let mut rev = 0;
+        run(&t, &mut rev, 1, vec![put("a", "1", None, None)]);
+        let del = MapOp::Delete {
+            map: "devices".into(),
+            key: "a".into(),
+            if_version: Some(1),
+        };
+        assert_eq!(
+            run(&t, &mut rev, 1, vec![del.clone()])[0],
+            OpOutcome::Deleted { version: 1 }
+        );
+        assert_eq!(
+            run(&t, &mut rev, 1, vec![del])[0],
+            OpOutcome::VersionMismatch { current: None }
+        );
+        let out = run(
+            &t,
+            &mut rev,
+            1,
+            vec![put("a", "1", None, None), put("a", "x", Some(1), None)],
+        );
+        assert_eq!(
+            out[0],
+            OpOutcome::Written {
+                version: 3,
+                value: None
+            }
+        );
+        assert_eq!(out[1], OpOutcome::VersionMismatch { current: Some(3) });
+    }
+
+    #[test]
+    fn ttl_hides_and_expire_removes() {
+        let t = tree();
+        let mut rev = 0;
+        run(&t, &mut rev, 1_000, vec![put("a", "1", None, Some(500))]);
+        let view = Overlay::new(&t, 7);
+        assert!(read(&view, "devices", "a", 1_499).expect("read").is_some());
+        assert!(read(&view, "devices", "a", 1_500).expect("read").is_none());
+        let exp = MapOp::Expire {
+            map: "devices".into(),
+            key: "a".into(),
+            version: 1,
+        };
+        assert_eq!(
+            run(&t, &mut rev, 1_200, vec![exp.clone()])[0],
+            OpOutcome::NotFound
+        );
+        assert_eq!(
+            run(&t, &mut rev, 1_600, vec![exp])[0],
+            OpOutcome::Deleted { version: 1 }
+        );
+        // an expired entry counts as absent for If-Match: 0
+        run(&t, &mut rev, 2_000, vec![put("b", "1", None, Some(10))]);
+        assert_eq!(
+            run(&t, &mut rev, 3_000, vec![put("b", "2", Some(0), None)])[0],
+            OpOutcome::Written {
+                version: rev,
+                value: None
+            }
+        );
+    }
+
+    #[test]
+    fn entry_keys_round_trip() {
+        let k = entry_key("devices", "dev\0/1");
+        assert_eq!(
+            split_entry_key(&k),
+            Some(("devices".into(), "dev\0/1".into()))
+        );
+    }
+}

@@ -1,0 +1,238 @@
+//! Entry processors: functions of the current value that run atomically in the partition
+//! state machine, so concurrent updates of one entry never lose each other's changes.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Number, Value};
+
+use crate::structures::shadow::{self, ShadowUpdate};
+
+/// A processor and its arguments, as named in `POST /v1/maps/{map}/{key}/process`:
+/// `{"processor": "<name>", "args": {...}}`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "processor", content = "args", rename_all = "snake_case")]
+pub enum Processor {
+    /// RFC 7396 JSON merge patch of the current value (absent counts as `{}`).
+    MergePatch {
+        /// The patch.
+        patch: Value,
+    },
+    /// Adds `by` to the number at JSON pointer `field`, creating it (from 0) when absent.
+    Increment {
+        /// JSON pointer, e.g. `/counters/boots`.
+        field: String,
+        /// The amount (integer or float).
+        by: Number,
+    },
+    /// Applies `patch` only if the value at `field` equals `equals` (`null` matches absent).
+    UpdateIf {
+        /// JSON pointer of the field to test.
+        field: String,
+        /// Expected value.
+        equals: Value,
+        /// Merge patch to apply when the condition holds.
+        patch: Value,
+    },
+    /// Device shadow update (desired and reported documents, delta, per-field timestamps).
+    Shadow(ShadowUpdate),
+}
+
+/// Why a processor refused to run; becomes a 409 (or 412 for `version_conflict`).
+#[derive(Debug, PartialEq)]
+pub struct Refusal {
+    /// Machine-readable code.
+    pub code: &'static str,
+    /// Explanation.
+    pub message: String,
+}
+
+impl Refusal {
+    fn new(code: &'static str, message: impl Into<String>) -> Self {
+        Refusal {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+/// Checks arguments that can be checked without the current value.
+pub fn validate(p: &Processor) -> Result<(), Refusal> {
+    match p {
+        Processor::Increment { field, .. } | Processor::UpdateIf { field, .. } => {
+            check_pointer(field)
+        }
+        Processor::Shadow(u) => shadow::validate(u),
+        Processor::MergePatch { .. } => Ok(()),
+    }
+}
+
+fn check_pointer(field: &str) -> Result<(), Refusal> {
+    if field.is_empty() || !field.starts_with('/') {
+        return Err(Refusal::new(
+            "invalid_field",
+            format!("field {field:?} must be a JSON pointer such as \"/counters/boots\""),
+        ));
+    }
+    Ok(())
+}
+
+/// Runs `p` on `current` (None when the entry is absent) at leader time `now_ms`.
+pub fn run(p: &Processor, current: Option<Value>, now_ms: u64) -> Result<Value, Refusal> {
+    validate(p)?;
+    match p {
+        Processor::MergePatch { patch } => {
+            let mut v = current.unwrap_or_else(|| Value::Object(Map::new()));
+            json_patch::merge(&mut v, patch);
+            Ok(v)
+        }
+        Processor::Increment { field, by } => {
+            let mut v = current.unwrap_or_else(|| Value::Object(Map::new()));
+            let slot = pointer_slot(&mut v, field)?;
+            let next = add(slot, by).ok_or_else(|| {
+                Refusal::new(
+                    "not_a_number",
+                    format!("{field} holds {slot}, not a number"),
+                )
+            })?;
+            *slot = Value::Number(next);
+            Ok(v)
+        }
+        Processor::UpdateIf {
+            field,
+            equals,
+            patch,
+        } => {
+            let mut v = current.unwrap_or_else(|| Value::Object(Map::new()));
+            let actual = v.pointer(field).cloned().unwrap_or(Value::Null);
+            if &actual != equals {
+                return Err(Refusal::new(
+                    "condition_failed",
+                    format!("{field} is {actual}, expected {equals}"),
+                ));
+            }
+            json_patch::merge(&mut v, patch);
+            Ok(v)
+        }
+        Processor::Shadow(u) => shadow::apply(current, u, now_ms),
+    }
+}
+
+/// Sum of a JSON value (null counts as 0) and a number; integers stay integers unless they
+/// overflow or either side is a float.
+fn add(current: &Value, by: &Number) -> Option<Number> {
+    let cur = match current {
+        Value::Null => Number::from(0),
+        Value::Number(n) => n.clone(),
+        _ => return None,
+    };
+    if let (Some(a), Some(b)) = (cur.as_i64(), by.as_i64()) {
+        if let Some(s) = a.checked_add(b) {
+            return Some(Number::from(s));
+        }
+    }
+    Number::from_f64(cur.as_f64()? + by.as_f64()?)
+}
+
+/// The slot at JSON pointer `field`, creating missing objects on the way.
+fn pointer_slot<'v>(v: &'v mut Value, field: &str) -> Result<&'v mut Value, Refusal> {
+    let mut slot = v;
+    for raw in field.split('/').skip(1) {
+        let token = raw.replace("~1", "/").replace("~0", "~");
+        if slot.is_null() {
+            *slot = Value::Object(Map::new());
+        }
+        slot = match slot {
+            Value::Object(m) => m.entry(token).or_insert(Value::Null),
+            Value::Array(a) => {
+                let i: usize = token.parse().map_err(|_| {
+                    Refusal::new(
+                        "invalid_field",
+                        format!("{field}: {token:?} is not an index"),
+                    )
+                })?;
+                a.get_mut(i).ok_or_else(|| {
+                    Refusal::new("invalid_field", format!("{field}: index {i} out of range"))
+                })?
+            }
+            other => {
+                return Err(Refusal::new(
+                    "invalid_field",
+                    format!("{field}: cannot descend into {other}"),
+                ))
+            }
+        };
+    }
+    Ok(slot)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn parse(v: Value) -> Processor {
+        serde_json::from_value(v).expect("processor")
+    }
+
+    #[test]
+    fn merge_patch_follows_rfc7396() {
+        let p = parse(
+            json!({"processor": "merge_patch", "args": {"patch": {"a": null, "b": {"c": 1}}}}),
+        );
+        let out = run(&p, Some(json!({"a": 1, "b": {"d": 2}})), 0).expect("run");
+        assert_eq!(out, json!({"b": {"c": 1, "d": 2}}));
+        assert_eq!(run(&p, None, 0).expect("run"), json!({"b": {"c": 1}}));
+    }
+
+    #[test]
+    fn increment_creates_keeps_integers_and_refuses_strings() {
+        let p = parse(json!({"processor": "increment", "args": {"field": "/c/boots", "by": 2}}));
+        assert_eq!(run(&p, None, 0).expect("run"), json!({"c": {"boots": 2}}));
+        assert_eq!(
+            run(&p, Some(json!({"c": {"boots": 40}})), 0).expect("run"),
+            json!({"c": {"boots": 42}})
+        );
+        let f = parse(json!({"processor": "increment", "args": {"field": "/t", "by": 0.5}}));
+        assert_eq!(
+            run(&f, Some(json!({"t": 1})), 0).expect("run"),
+            json!({"t": 1.5})
+        );
+        let big = parse(json!({"processor": "increment", "args": {"field": "/n", "by": 1}}));
+        assert_eq!(
+            run(&big, Some(json!({"n": i64::MAX})), 0).expect("run"),
+            json!({"n": 9.223372036854776e18})
+        );
+        let err = run(&p, Some(json!({"c": {"boots": "x"}})), 0).expect_err("string");
+        assert_eq!(err.code, "not_a_number");
+        let bad = parse(json!({"processor": "increment", "args": {"field": "boots", "by": 1}}));
+        assert_eq!(
+            run(&bad, None, 0).expect_err("pointer").code,
+            "invalid_field"
+        );
+    }
+
+    #[test]
+    fn update_if_applies_only_when_the_condition_holds() {
+        let p = parse(json!({"processor": "update_if",
+            "args": {"field": "/fw", "equals": "1.0", "patch": {"fw": "1.1"}}}));
+        assert_eq!(
+            run(&p, Some(json!({"fw": "1.0"})), 0).expect("run"),
+            json!({"fw": "1.1"})
+        );
+        assert_eq!(
+            run(&p, Some(json!({"fw": "1.1"})), 0)
+                .expect_err("cond")
+                .code,
+            "condition_failed"
+        );
+        let absent = parse(json!({"processor": "update_if",
+            "args": {"field": "/owner", "equals": null, "patch": {"owner": "me"}}}));
+        assert_eq!(run(&absent, None, 0).expect("run"), json!({"owner": "me"}));
+    }
+
+    #[test]
+    fn unknown_processor_does_not_parse() {
+        assert!(
+            serde_json::from_value::<Processor>(json!({"processor": "nope", "args": {}})).is_err()
+        );
+    }
+}

@@ -1,0 +1,148 @@
+//! Member-to-member traffic: every Raft RPC of every group, liveness pings and forwarded
+//! client operations share one HTTP endpoint per member (`POST /internal/v1/peer`).
+//!
+//! Requests to one member are coalesced: whatever is queued when a send starts travels in
+//! one MessagePack batch, so a sweep of heartbeats for hundreds of groups costs one HTTP
+//! request per peer. Three lanes keep slow traffic from delaying fast traffic: Raft
+//! (appends, votes, pings), client (forwarded reads and writes, which wait for commit) and
+//! bulk (snapshot chunks).
+
+mod client;
+
+use openraft::error::{InstallSnapshotError, RaftError};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use serde::{Deserialize, Serialize};
+
+pub use client::{Lane, Transport, TransportError};
+
+use crate::raft::{GroupId, NodeId, TypeConfig};
+use crate::structures::map::{MapOp, OpOutcome, Record};
+
+/// Path of the peer endpoint.
+pub const PEER_PATH: &str = "/internal/v1/peer";
+
+/// One request from a peer.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum PeerRequest {
+    /// A Raft RPC for a group.
+    Raft {
+        /// The group.
+        group: GroupId,
+        /// The RPC.
+        rpc: RaftRpc,
+    },
+    /// Liveness probe.
+    Ping {
+        /// Sender.
+        from: NodeId,
+    },
+    /// Map writes for a partition this member should lead.
+    Write {
+        /// The partition's group.
+        group: GroupId,
+        /// Operations, applied in order in one Raft entry.
+        ops: Vec<MapOp>,
+    },
+    /// Map reads.
+    Read {
+        /// The partition's group.
+        group: GroupId,
+        /// `(map, key)` pairs.
+        keys: Vec<(String, String)>,
+        /// Serve from this replica without a leadership check.
+        stale: bool,
+    },
+    /// This member's view of its groups.
+    Status,
+}
+
+/// The Raft RPCs openraft sends.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum RaftRpc {
+    /// AppendEntries (and heartbeats).
+    Append(AppendEntriesRequest<TypeConfig>),
+    /// RequestVote.
+    Vote(VoteRequest<NodeId>),
+    /// One chunk of a snapshot.
+    Snapshot(InstallSnapshotRequest<TypeConfig>),
+}
+
+/// The answer to one [`PeerRequest`], in the same position of the batch.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum PeerResponse {
+    /// AppendEntries result.
+    Append(Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>>),
+    /// Vote result.
+    Vote(Result<VoteResponse<NodeId>, RaftError<NodeId>>),
+    /// Snapshot chunk result.
+    Snapshot(Result<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>>),
+    /// This member does not host the group.
+    NoGroup,
+    /// Liveness answer.
+    Pong {
+        /// Responder.
+        id: NodeId,
+    },
+    /// Outcomes of a [`PeerRequest::Write`].
+    Write(Result<Vec<OpOutcome>, WireError>),
+    /// Records of a [`PeerRequest::Read`], in key order.
+    Read(Result<Vec<Option<Record>>, WireError>),
+    /// Answer to [`PeerRequest::Status`].
+    Status(MemberStatus),
+    /// The request could not be decoded or handled.
+    Invalid(String),
+}
+
+/// Errors of forwarded operations as they cross the wire.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum WireError {
+    /// Not the leader; retry at `leader`.
+    NotLeader {
+        /// Best known leader.
+        leader: Option<NodeId>,
+    },
+    /// No quorum, or the outcome is unknown.
+    Unavailable(String),
+    /// Anything else.
+    Other(String),
+}
+
+impl WireError {
+    /// Converts a local error for the wire.
+    pub fn from_error(e: crate::Error) -> Self {
+        match e {
+            crate::Error::NotLeader { leader, .. } => WireError::NotLeader { leader },
+            crate::Error::Unavailable { message, .. } => WireError::Unavailable(message),
+            other => WireError::Other(other.to_string()),
+        }
+    }
+
+    /// Converts a wire error back into a local one about `group`.
+    pub fn into_error(self, group: GroupId) -> crate::Error {
+        match self {
+            WireError::NotLeader { leader } => crate::Error::NotLeader { group, leader },
+            WireError::Unavailable(message) => crate::Error::Unavailable { group, message },
+            WireError::Other(m) => crate::Error::Internal(m),
+        }
+    }
+}
+
+/// A member's report of itself, for `GET /v1/cluster` and readiness.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct MemberStatus {
+    /// Member id.
+    pub id: NodeId,
+    /// Whether `/readyz` would answer 200.
+    pub ready: bool,
+    /// Partitions this member leads.
+    pub led: Vec<u32>,
+    /// Partitions this member hosts a replica of.
+    pub held: Vec<u32>,
+    /// Partitions hosted here whose leader is unknown or not answering.
+    pub leaderless: Vec<u32>,
+    /// Whether this member leads the metadata group.
+    pub meta_leader: bool,
+}
