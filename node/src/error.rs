@@ -20,7 +20,7 @@ pub enum Error {
     #[error("{0}")]
     NotFound(String),
     /// An `If-Match` version did not match the entry's current version.
-    #[error("version mismatch: expected {expected}, current {current:?}")]
+    #[error("version mismatch: expected {expected}, current {}", current.map_or("absent".to_string(), |v| v.to_string()))]
     VersionMismatch {
         /// The version the client asked for.
         expected: u64,

@@ -56,6 +56,9 @@ fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Error> {
     Value::deserialize(d).map(Some)
 }
 
+/// Top-level fields of a shadow document.
+const SHADOW_FIELDS: [&str; 4] = ["state", "metadata", "version", "timestamp"];
+
 /// Checks the shape of an update.
 pub fn validate(u: &ShadowUpdate) -> Result<(), Refusal> {
     if u.state.desired.is_none() && u.state.reported.is_none() {
@@ -90,13 +93,11 @@ fn refuse(code: &'static str, message: impl Into<String>) -> Refusal {
 /// Applies `u` to the shadow document `current` (None: a new shadow).
 pub fn apply(current: Option<Value>, u: &ShadowUpdate, now_ms: u64) -> Result<Value, Refusal> {
     let mut doc = match current {
-        Some(Value::Object(m)) => m,
-        Some(_) => {
-            return Err(refuse(
-                "not_a_shadow",
-                "the entry holds a value that is not a shadow",
-            ))
-        }
+        Some(Value::Object(m)) if m.keys().all(|k| SHADOW_FIELDS.contains(&k.as_str())) => m,
+        Some(_) => return Err(refuse(
+            "not_a_shadow",
+            "the entry holds a value that is not a shadow document; keep shadows in their own map",
+        )),
         None => Map::new(),
     };
     let version = doc.get("version").and_then(Value::as_u64).unwrap_or(0);

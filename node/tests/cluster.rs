@@ -1,0 +1,634 @@
+//! Cluster tests with real `devicegrid serve` processes on loopback.
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::{wait_for, TestGrid};
+use rand::Rng;
+use serde_json::{json, Value};
+
+const DEVICES: usize = 10_000;
+const WRITERS: usize = 32;
+
+/// Writes `keys` with `round` through random members, retrying each key (with the same
+/// value, so retries are idempotent) until it is acknowledged. Returns the acknowledged round
+/// of every key.
+async fn write_round(
+    urls: Arc<Vec<String>>,
+    http: reqwest::Client,
+    keys: Vec<usize>,
+    round: u64,
+    progress: Arc<AtomicUsize>,
+) -> HashMap<usize, u64> {
+    let acked = Arc::new(Mutex::new(HashMap::new()));
+    let keys = Arc::new(keys);
+    let tasks = (0..WRITERS).map(|w| {
+        let (urls, http, keys, acked, progress) = (
+            urls.clone(),
+            http.clone(),
+            keys.clone(),
+            acked.clone(),
+            progress.clone(),
+        );
+        tokio::spawn(async move {
+            for k in keys.iter().skip(w).step_by(WRITERS) {
+                let body = json!({ "device": k, "round": round, "fw": format!("1.{round}") });
+                let deadline = Instant::now() + Duration::from_secs(60);
+                loop {
+                    let url = &urls[rand::thread_rng().gen_range(0..urls.len())];
+                    let ok = http
+                        .put(format!("{url}/v1/maps/devices/device-{k}"))
+                        .json(&body)
+                        .send()
+                        .await
+                        .map(|r| r.status().is_success())
+                        .unwrap_or(false);
+                    if ok {
+                        acked.lock().expect("acked").insert(*k, round);
+                        progress.fetch_add(1, Ordering::Relaxed);
+                        break;
+                    }
+                    assert!(
+                        Instant::now() < deadline,
+                        "device-{k} round {round} not acknowledged within 60 s"
+                    );
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        })
+    });
+    for t in futures::future::join_all(tasks).await {
+        t.expect("writer task");
+    }
+    let acked = acked.lock().expect("acked").clone();
+    acked
+}
+
+/// Reads every device through random members and compares with what was acknowledged.
+async fn verify(grid: &TestGrid, expected: &HashMap<usize, u64>, stale_from: Option<u64>) {
+    let mismatches = Arc::new(Mutex::new(Vec::new()));
+    let keys: Arc<Vec<(usize, u64)>> = Arc::new(expected.iter().map(|(k, r)| (*k, *r)).collect());
+    let ids = grid.ids();
+    let tasks = (0..WRITERS).map(|w| {
+        let (keys, mismatches, ids) = (keys.clone(), mismatches.clone(), ids.clone());
+        let grid_urls: Vec<String> = ids.iter().map(|i| grid.url(*i)).collect();
+        let http = grid.http.clone();
+        tokio::spawn(async move {
+            for (k, round) in keys.iter().skip(w).step_by(WRITERS) {
+                let (url, q) = match stale_from {
+                    Some(id) => (grid_urls[id as usize - 1].clone(), "?consistency=stale"),
+                    None => (
+                        grid_urls[rand::thread_rng().gen_range(0..grid_urls.len())].clone(),
+                        "",
+                    ),
+                };
+                let got: Option<Value> = async {
+                    let r = http
+                        .get(format!("{url}/v1/maps/devices/device-{k}{q}"))
+                        .send()
+                        .await
+                        .ok()?;
+                    r.json::<Value>().await.ok()
+                }
+                .await;
+                let got_round = got.as_ref().and_then(|v| v["value"]["round"].as_u64());
+                if got_round != Some(*round) {
+                    mismatches
+                        .lock()
+                        .expect("m")
+                        .push(format!("device-{k}: expected round {round}, read {got:?}"));
+                }
+            }
+        })
+    });
+    for t in futures::future::join_all(tasks).await {
+        t.expect("reader task");
+    }
+    let m = mismatches.lock().expect("m");
+    assert!(
+        m.is_empty(),
+        "{} of {} devices wrong, first: {:?}",
+        m.len(),
+        expected.len(),
+        &m[..m.len().min(5)]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn acknowledged_writes_survive_kill9_restart_and_full_restart() {
+    tokio::time::timeout(Duration::from_secs(900), async {
+        let mut grid = TestGrid::start(3, 271);
+        grid.wait_ready(Duration::from_secs(90)).await;
+        let urls = Arc::new(grid.ids().iter().map(|i| grid.url(*i)).collect::<Vec<_>>());
+
+        // Round 1: 10,000 devices through random members; member 2 is killed with SIGKILL
+        // part way and restarted later, while the writes go on.
+        let progress = Arc::new(AtomicUsize::new(0));
+        let writer = tokio::spawn(write_round(
+            urls.clone(),
+            grid.http.clone(),
+            (0..DEVICES).collect(),
+            1,
+            progress.clone(),
+        ));
+        wait_for(
+            Duration::from_secs(120),
+            "2,500 acknowledged writes",
+            || {
+                let p = progress.clone();
+                async move { p.load(Ordering::Relaxed) >= 2_500 }
+            },
+        )
+        .await
+        .expect("progress before the kill");
+        grid.kill9(2);
+        wait_for(
+            Duration::from_secs(180),
+            "6,000 acknowledged writes with member 2 down",
+            || {
+                let p = progress.clone();
+                async move { p.load(Ordering::Relaxed) >= 6_000 }
+            },
+        )
+        .await
+        .expect("progress while a member is down");
+        grid.spawn(2);
+        let mut expected = writer.await.expect("round 1");
+        assert_eq!(expected.len(), DEVICES);
+        grid.wait_ready(Duration::from_secs(60)).await;
+
+        // Round 2: overwrite a third of them, so "last value" differs from "first value".
+        let round2: Vec<usize> = (0..DEVICES).filter(|k| k % 3 == 0).collect();
+        expected.extend(
+            write_round(
+                urls.clone(),
+                grid.http.clone(),
+                round2,
+                2,
+                Arc::new(AtomicUsize::new(0)),
+            )
+            .await,
+        );
+        verify(&grid, &expected, None).await;
+
+        // The restarted member caught up: its own replica serves the last values.
+        wait_for(
+            Duration::from_secs(30),
+            "member 2's replica to catch up",
+            || {
+                let (http, url) = (grid.http.clone(), grid.url(2));
+                async move {
+                    let r = http
+                        .get(format!(
+                            "{url}/v1/maps/devices/device-9999?consistency=stale"
+                        ))
+                        .send()
+                        .await;
+                    match r {
+                        Ok(r) => r
+                            .json::<Value>()
+                            .await
+                            .map(|v| v["value"]["round"] == json!(2))
+                            .unwrap_or(false),
+                        Err(_) => false,
+                    }
+                }
+            },
+        )
+        .await
+        .expect("catch up");
+        verify(&grid, &expected, Some(2)).await;
+
+        // Full-cluster restart with SIGKILL: acknowledged writes were fsynced before the ack.
+        for id in grid.ids() {
+            grid.kill9(id);
+        }
+        for id in grid.ids() {
+            grid.spawn(id);
+        }
+        grid.wait_ready(Duration::from_secs(90)).await;
+        verify(&grid, &expected, None).await;
+
+        // A clean stop and start of everything, too.
+        for id in grid.ids() {
+            grid.stop(id);
+        }
+        for id in grid.ids() {
+            grid.spawn(id);
+        }
+        grid.wait_ready(Duration::from_secs(90)).await;
+        verify(&grid, &expected, None).await;
+    })
+    .await
+    .expect("test finished within its deadline");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn map_operations_across_members() {
+    tokio::time::timeout(Duration::from_secs(180), async {
+        let grid = TestGrid::start(3, 16);
+        grid.wait_ready(Duration::from_secs(60)).await;
+        let (a, b, c) = (grid.url(1), grid.url(2), grid.url(3));
+        let http = &grid.http;
+
+        // put through one member, read through another, CAS through a third
+        let v1 = grid.put(1, "devices", "d1", &json!({"fw": "1.0"})).await.expect("put");
+        assert_eq!(grid.get(2, "devices", "d1", false).await.expect("get").expect("found")["value"], json!({"fw": "1.0"}));
+        let r = http.put(format!("{c}/v1/maps/devices/d1")).header("If-Match", v1.to_string()).json(&json!({"fw": "1.1"})).send().await.expect("cas");
+        assert_eq!(r.status(), 200);
+        let r = http.put(format!("{c}/v1/maps/devices/d1")).header("If-Match", v1.to_string()).json(&json!({"fw": "x"})).send().await.expect("cas");
+        assert_eq!(r.status(), 412);
+        let r = http.put(format!("{a}/v1/maps/devices/d1")).header("If-None-Match", "*").json(&json!({})).send().await.expect("create-only");
+        assert_eq!(r.status(), 412);
+
+        // processors
+        let inc = json!({"processor": "increment", "args": {"field": "/stats/boots", "by": 1}});
+        let mut handles = Vec::new();
+        for i in 0..20 {
+            let url = [&a, &b, &c][i % 3].clone();
+            let (http, inc) = (http.clone(), inc.clone());
+            handles.push(tokio::spawn(async move {
+                http.post(format!("{url}/v1/maps/devices/d1/process")).json(&inc).send().await.map(|r| r.status().as_u16())
+            }));
+        }
+        for h in handles {
+            assert_eq!(h.await.expect("task").expect("increment"), 200);
+        }
+        let d1 = grid.get(3, "devices", "d1", false).await.expect("get").expect("found");
+        assert_eq!(d1["value"]["stats"]["boots"], json!(20), "concurrent increments are atomic: {d1}");
+        let shadow = json!({"processor": "shadow", "args": {"state": {"desired": {"led": "on"}, "reported": {"led": "off"}}}});
+        let r: Value = http.post(format!("{b}/v1/maps/shadows/d1/process")).json(&shadow).send().await.expect("shadow").json().await.expect("json");
+        assert_eq!(r["value"]["state"]["delta"], json!({"led": "on"}));
+        let merge = json!({"processor": "merge_patch", "args": {"patch": {"fw": null, "owner": "ops"}}});
+        let r: Value = http.post(format!("{a}/v1/maps/devices/d1/process")).json(&merge).send().await.expect("merge").json().await.expect("json");
+        assert_eq!(r["value"], json!({"owner": "ops", "stats": {"boots": 20}}));
+
+        // batch put and get
+        let entries: Vec<Value> = (0..200).map(|i| json!({"key": format!("b{i}"), "value": {"n": i}})).collect();
+        let r: Value = http.post(format!("{b}/v1/batch/maps/devices/put")).json(&json!({"entries": entries})).send().await.expect("batch put").json().await.expect("json");
+        assert!(r["results"].as_array().expect("results").iter().all(|x| x["version"].is_u64()), "{r}");
+        let keys: Vec<String> = (0..200).map(|i| format!("b{i}")).chain(["missing".to_string()]).collect();
+        let r: Value = http.post(format!("{c}/v1/batch/maps/devices/get")).json(&json!({"keys": keys})).send().await.expect("batch get").json().await.expect("json");
+        let got = r["entries"].as_array().expect("entries");
+        assert_eq!(got.len(), 201);
+        assert!(got[..200].iter().enumerate().all(|(i, e)| e["value"]["n"] == json!(i)), "{r}");
+        assert_eq!(got[200]["found"], json!(false));
+
+        // delete, and TTL expiry
+        let r = http.delete(format!("{a}/v1/maps/devices/b7")).send().await.expect("delete");
+        assert_eq!(r.status(), 200);
+        assert!(grid.get(2, "devices", "b7", false).await.expect("get").is_none());
+        let r = http.put(format!("{a}/v1/maps/devices/temp?ttl=1")).json(&json!(1)).send().await.expect("ttl put");
+        assert_eq!(r.status(), 200);
+        wait_for(Duration::from_secs(10), "the TTL entry to expire", || async {
+            matches!(grid.get(3, "devices", "temp", false).await, Ok(None))
+        })
+        .await
+        .expect("expiry");
+    })
+    .await
+    .expect("test finished within its deadline");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_inputs_get_clear_errors() {
+    tokio::time::timeout(Duration::from_secs(120), async {
+        let grid = TestGrid::start(1, 8);
+        grid.wait_ready(Duration::from_secs(60)).await;
+        let u = grid.url(1);
+        let http = &grid.http;
+        grid.put(1, "devices", "plain", &json!({"fw": "1", "name": "x"}))
+            .await
+            .expect("seed");
+        let big = format!("\"{}\"", "x".repeat(1024 * 1024 + 10));
+        let long_key = "k".repeat(513);
+        let m = |method: &str| reqwest::Method::from_bytes(method.as_bytes()).expect("method");
+        // (method, path, headers, body, status, code)
+        let cases: Vec<(&str, String, Vec<(&str, &str)>, String, u16, &str)> = vec![
+            (
+                "PUT",
+                "/v1/maps/devices/d".into(),
+                vec![],
+                "{not json".into(),
+                400,
+                "invalid_json",
+            ),
+            (
+                "PUT",
+                "/v1/maps/devices/d".into(),
+                vec![],
+                "".into(),
+                400,
+                "invalid_json",
+            ),
+            (
+                "PUT",
+                "/v1/maps/devices/d".into(),
+                vec![],
+                big,
+                413,
+                "body_too_large",
+            ),
+            (
+                "PUT",
+                format!("/v1/maps/devices/{long_key}"),
+                vec![],
+                "1".into(),
+                400,
+                "invalid_key",
+            ),
+            (
+                "PUT",
+                "/v1/maps/bad%20map/d".into(),
+                vec![],
+                "1".into(),
+                400,
+                "invalid_map_name",
+            ),
+            (
+                "PUT",
+                "/v1/maps/devices/d".into(),
+                vec![("If-Match", "abc")],
+                "1".into(),
+                400,
+                "invalid_version",
+            ),
+            (
+                "PUT",
+                "/v1/maps/devices/d".into(),
+                vec![("If-None-Match", "\"3\"")],
+                "1".into(),
+                400,
+                "invalid_version",
+            ),
+            (
+                "PUT",
+                "/v1/maps/devices/d?ttl=abc".into(),
+                vec![],
+                "1".into(),
+                400,
+                "invalid_ttl",
+            ),
+            (
+                "PUT",
+                "/v1/maps/devices/d?ttl=0".into(),
+                vec![],
+                "1".into(),
+                400,
+                "invalid_ttl",
+            ),
+            (
+                "PUT",
+                "/v1/maps/devices/plain".into(),
+                vec![("If-Match", "999")],
+                "1".into(),
+                412,
+                "version_mismatch",
+            ),
+            (
+                "GET",
+                "/v1/maps/devices/d?consistency=weird".into(),
+                vec![],
+                "".into(),
+                400,
+                "invalid_consistency",
+            ),
+            (
+                "GET",
+                "/v1/maps/devices/d?colour=red".into(),
+                vec![],
+                "".into(),
+                400,
+                "invalid_query",
+            ),
+            (
+                "GET",
+                "/v1/maps/devices/nothing-here".into(),
+                vec![],
+                "".into(),
+                404,
+                "not_found",
+            ),
+            (
+                "DELETE",
+                "/v1/maps/devices/nothing-here".into(),
+                vec![],
+                "".into(),
+                404,
+                "not_found",
+            ),
+            (
+                "DELETE",
+                "/v1/maps/devices/plain".into(),
+                vec![("If-Match", "x")],
+                "".into(),
+                400,
+                "invalid_version",
+            ),
+            (
+                "POST",
+                "/v1/maps/devices/d/process".into(),
+                vec![],
+                r#"{"processor":"nope","args":{}}"#.into(),
+                400,
+                "unknown_processor",
+            ),
+            (
+                "POST",
+                "/v1/maps/devices/d/process".into(),
+                vec![],
+                r#"{"args":{}}"#.into(),
+                400,
+                "invalid_processor",
+            ),
+            (
+                "POST",
+                "/v1/maps/devices/d/process".into(),
+                vec![],
+                "[1,2".into(),
+                400,
+                "invalid_json",
+            ),
+            (
+                "POST",
+                "/v1/maps/devices/d/process".into(),
+                vec![],
+                r#"{"processor":"increment","args":{"field":"/n"}}"#.into(),
+                400,
+                "invalid_processor_args",
+            ),
+            (
+                "POST",
+                "/v1/maps/devices/d/process".into(),
+                vec![],
+                r#"{"processor":"increment","args":{"field":"n","by":1}}"#.into(),
+                400,
+                "invalid_processor_args",
+            ),
+            (
+                "POST",
+                "/v1/maps/devices/d/process".into(),
+                vec![],
+                r#"{"processor":"shadow","args":{"state":{"desired":5}}}"#.into(),
+                400,
+                "invalid_processor_args",
+            ),
+            (
+                "POST",
+                "/v1/maps/devices/plain/process".into(),
+                vec![],
+                r#"{"processor":"increment","args":{"field":"/fw","by":1}}"#.into(),
+                409,
+                "not_a_number",
+            ),
+            (
+                "POST",
+                "/v1/maps/devices/plain/process".into(),
+                vec![],
+                r#"{"processor":"update_if","args":{"field":"/fw","equals":"2","patch":{}}}"#
+                    .into(),
+                409,
+                "condition_failed",
+            ),
+            (
+                "POST",
+                "/v1/maps/devices/plain/process".into(),
+                vec![],
+                r#"{"processor":"shadow","args":{"state":{"desired":{}}}}"#.into(),
+                409,
+                "not_a_shadow",
+            ),
+            (
+                "POST",
+                "/v1/batch/maps/devices/put".into(),
+                vec![],
+                r#"{"entries":[]}"#.into(),
+                400,
+                "invalid_batch",
+            ),
+            (
+                "POST",
+                "/v1/batch/maps/devices/put".into(),
+                vec![],
+                r#"{"entries":[{"key":"a"}]}"#.into(),
+                400,
+                "invalid_json",
+            ),
+            (
+                "POST",
+                "/v1/batch/maps/devices/get".into(),
+                vec![],
+                "nope".into(),
+                400,
+                "invalid_json",
+            ),
+            (
+                "POST",
+                "/v1/batch/maps/devices/get".into(),
+                vec![],
+                serde_json::to_string(&json!({"keys": vec!["k"; 1001]})).expect("json"),
+                400,
+                "invalid_batch",
+            ),
+            (
+                "POST",
+                "/v1/batch/maps/devices/get".into(),
+                vec![],
+                r#"{"keys":["a"],"consistency":"eventual"}"#.into(),
+                400,
+                "invalid_consistency",
+            ),
+            (
+                "GET",
+                "/v2/nothing".into(),
+                vec![],
+                "".into(),
+                404,
+                "not_found",
+            ),
+            (
+                "PATCH",
+                "/v1/maps/devices/d".into(),
+                vec![],
+                "{}".into(),
+                405,
+                "method_not_allowed",
+            ),
+        ];
+        let mut failures = Vec::new();
+        for (method, path, headers, body, status, code) in cases {
+            let mut req = http.request(m(method), format!("{u}{path}")).body(body);
+            for (h, v) in headers {
+                req = req.header(h, v);
+            }
+            let resp = req.send().await.expect("request");
+            let got_status = resp.status().as_u16();
+            let got: Value = resp.json().await.unwrap_or(Value::Null);
+            let ok = got_status == status
+                && got["error"]["code"] == json!(code)
+                && got["error"]["message"].is_string();
+            if !ok {
+                failures.push(format!(
+                    "{method} {}: expected {status} {code}, got {got_status} {got}",
+                    &path[..path.len().min(60)]
+                ));
+            }
+        }
+        assert!(failures.is_empty(), "{}", failures.join("\n"));
+        // Nothing above hurt the member.
+        assert_eq!(
+            http.get(format!("{u}/healthz"))
+                .send()
+                .await
+                .expect("healthz")
+                .status(),
+            200
+        );
+        assert!(grid
+            .get(1, "devices", "plain", false)
+            .await
+            .expect("get")
+            .is_some());
+    })
+    .await
+    .expect("test finished within its deadline");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_quorum_answers_503_with_a_retry_hint() {
+    tokio::time::timeout(Duration::from_secs(120), async {
+        let mut grid = TestGrid::start(3, 8);
+        grid.wait_ready(Duration::from_secs(60)).await;
+        grid.kill9(2);
+        grid.kill9(3);
+        let resp = grid
+            .http
+            .put(format!("{}/v1/maps/devices/d", grid.url(1)))
+            .json(&json!(1))
+            .send()
+            .await
+            .expect("put");
+        assert_eq!(resp.status(), 503);
+        assert_eq!(
+            resp.headers()
+                .get("retry-after")
+                .and_then(|v| v.to_str().ok()),
+            Some("1")
+        );
+        let body: Value = resp.json().await.expect("json");
+        assert_eq!(body["error"]["code"], json!("unavailable"), "{body}");
+        let resp = grid
+            .http
+            .get(format!("{}/readyz", grid.url(1)))
+            .send()
+            .await
+            .expect("readyz");
+        assert_eq!(resp.status(), 503);
+    })
+    .await
+    .expect("test finished within its deadline");
+}

@@ -1,0 +1,227 @@
+//! Real `devicegrid serve` processes on loopback for cluster tests.
+
+#![allow(dead_code)] // each test file uses a different part of the harness
+
+use std::future::Future;
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use serde_json::Value;
+
+/// A grid of member processes; every process is killed when it is dropped.
+pub struct TestGrid {
+    pub dir: tempfile::TempDir,
+    pub ports: Vec<u16>,
+    pub partitions: u32,
+    procs: Vec<Option<Child>>,
+    pub http: reqwest::Client,
+}
+
+/// `n` free loopback ports (bound together, so they are distinct, then released).
+fn free_ports(n: usize) -> Vec<u16> {
+    let listeners: Vec<TcpListener> = (0..n)
+        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind a free port"))
+        .collect();
+    listeners
+        .iter()
+        .map(|l| l.local_addr().expect("addr").port())
+        .collect()
+}
+
+impl TestGrid {
+    /// Starts `n` members with `partitions` partitions; does not wait for readiness.
+    pub fn start(n: usize, partitions: u32) -> Self {
+        let mut g = TestGrid {
+            dir: tempfile::tempdir().expect("tempdir"),
+            ports: free_ports(n),
+            partitions,
+            procs: (0..n).map(|_| None).collect(),
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(15))
+                .build()
+                .expect("client"),
+        };
+        for id in 1..=n as u64 {
+            g.spawn(id);
+        }
+        g
+    }
+
+    pub fn ids(&self) -> Vec<u64> {
+        (1..=self.ports.len() as u64).collect()
+    }
+
+    pub fn url(&self, id: u64) -> String {
+        format!("http://127.0.0.1:{}", self.ports[id as usize - 1])
+    }
+
+    /// Starts (or restarts) member `id` on its data directory.
+    pub fn spawn(&mut self, id: u64) {
+        let seeds: Vec<String> = self
+            .ids()
+            .iter()
+            .map(|i| format!("{i}=127.0.0.1:{}", self.ports[*i as usize - 1]))
+            .collect();
+        let dir = self.dir.path().join(format!("member-{id}"));
+        std::fs::create_dir_all(&dir).expect("member dir");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("member.log"))
+            .expect("log");
+        let child = Command::new(env!("CARGO_BIN_EXE_devicegrid"))
+            .arg("serve")
+            .args(["--node-id", &id.to_string()])
+            .args([
+                "--listen",
+                &format!("127.0.0.1:{}", self.ports[id as usize - 1]),
+            ])
+            .arg("--data-dir")
+            .arg(&dir)
+            .args(["--initial-members", &seeds.join(",")])
+            .args(["--partitions", &self.partitions.to_string()])
+            .args(["--request-timeout-ms", "3000"])
+            .env("RUST_LOG", "warn,openraft=error")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn devicegrid");
+        self.procs[id as usize - 1] = Some(child);
+    }
+
+    /// SIGKILL: no shutdown, no flush.
+    pub fn kill9(&mut self, id: u64) {
+        if let Some(mut c) = self.procs[id as usize - 1].take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and wait for a clean exit.
+    pub fn stop(&mut self, id: u64) {
+        if let Some(mut c) = self.procs[id as usize - 1].take() {
+            let _ = kill(Pid::from_raw(c.id() as i32), Signal::SIGTERM);
+            let deadline = Instant::now() + Duration::from_secs(20);
+            loop {
+                match c.try_wait() {
+                    Ok(Some(status)) => {
+                        assert!(
+                            status.success(),
+                            "member {id} exited with {status} on SIGTERM"
+                        );
+                        return;
+                    }
+                    _ if Instant::now() > deadline => {
+                        let _ = c.kill();
+                        panic!("member {id} did not stop within 20 s of SIGTERM");
+                    }
+                    _ => std::thread::sleep(Duration::from_millis(50)),
+                }
+            }
+        }
+    }
+
+    pub fn log_tail(&self, id: u64) -> String {
+        let text = std::fs::read_to_string(self.dir.path().join(format!("member-{id}/member.log")))
+            .unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(20)..].join("\n")
+    }
+
+    /// Waits until every running member answers `/readyz` with 200.
+    pub async fn wait_ready(&self, timeout: Duration) {
+        let running: Vec<u64> = self
+            .ids()
+            .into_iter()
+            .filter(|id| self.procs[*id as usize - 1].is_some())
+            .collect();
+        for id in running {
+            let url = format!("{}/readyz", self.url(id));
+            let http = self.http.clone();
+            wait_for(timeout, &format!("member {id} ready"), || {
+                let (http, url) = (http.clone(), url.clone());
+                async move {
+                    http.get(&url)
+                        .send()
+                        .await
+                        .map(|r| r.status().is_success())
+                        .unwrap_or(false)
+                }
+            })
+            .await
+            .unwrap_or_else(|e| panic!("{e}\n--- member {id} log ---\n{}", self.log_tail(id)));
+        }
+    }
+
+    pub async fn put(&self, id: u64, map: &str, key: &str, value: &Value) -> Result<u64, String> {
+        let resp = self
+            .http
+            .put(format!("{}/v1/maps/{map}/{key}", self.url(id)))
+            .json(value)
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        let status = resp.status();
+        let body: Value = resp.json().await.map_err(|e| e.to_string())?;
+        if status.is_success() {
+            body["version"]
+                .as_u64()
+                .ok_or_else(|| format!("no version in {body}"))
+        } else {
+            Err(format!("{status}: {body}"))
+        }
+    }
+
+    pub async fn get(
+        &self,
+        id: u64,
+        map: &str,
+        key: &str,
+        stale: bool,
+    ) -> Result<Option<Value>, String> {
+        let q = if stale { "?consistency=stale" } else { "" };
+        let resp = self
+            .http
+            .get(format!("{}/v1/maps/{map}/{key}{q}", self.url(id)))
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        match resp.status().as_u16() {
+            200 => Ok(Some(resp.json().await.map_err(|e| e.to_string())?)),
+            404 => Ok(None),
+            s => Err(format!("{s}: {}", resp.text().await.unwrap_or_default())),
+        }
+    }
+}
+
+impl Drop for TestGrid {
+    fn drop(&mut self) {
+        for c in self.procs.iter_mut().filter_map(Option::take) {
+            let mut c = c;
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Polls `check` every 100 ms until it is true or `timeout` passes.
+pub async fn wait_for<F, Fut>(timeout: Duration, what: &str, mut check: F) -> Result<(), String>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if check().await {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(format!("timed out after {timeout:?} waiting for {what}"));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
