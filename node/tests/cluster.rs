@@ -11,6 +11,16 @@ use common::{wait_for, TestGrid};
 use rand::Rng;
 use serde_json::{json, Value};
 
+/// (method, path, headers, body, expected status, expected error code)
+type Case<'a> = (
+    &'a str,
+    String,
+    Vec<(&'a str, &'a str)>,
+    String,
+    u16,
+    &'a str,
+);
+
 const DEVICES: usize = 10_000;
 const WRITERS: usize = 32;
 
@@ -308,7 +318,7 @@ async fn bad_inputs_get_clear_errors() {
         let long_key = "k".repeat(513);
         let m = |method: &str| reqwest::Method::from_bytes(method.as_bytes()).expect("method");
         // (method, path, headers, body, status, code)
-        let cases: Vec<(&str, String, Vec<(&str, &str)>, String, u16, &str)> = vec![
+        let cases: Vec<Case> = vec![
             (
                 "PUT",
                 "/v1/maps/devices/d".into(),

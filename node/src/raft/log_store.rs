@@ -1,5 +1,8 @@
 //! [`RaftLogStorage`] for one group over the member's shared sled trees.
 
+// The helpers return openraft's `StorageError`, which is large; its size is openraft's choice.
+#![allow(clippy::result_large_err)]
+
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
 use std::sync::atomic::{AtomicU64, Ordering};

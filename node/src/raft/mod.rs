@@ -96,6 +96,7 @@ pub type StorageError = openraft::StorageError<NodeId>;
 /// by the transport) and starts elections only where a leader's member stopped answering.
 /// `heartbeat_interval` still bounds the leadership check of linearizable reads;
 /// `election_timeout_max` is the leader lease during which followers refuse other candidates.
+#[allow(clippy::result_large_err)] // openraft's ConfigError
 pub fn group_config(cluster_name: &str) -> Result<Arc<openraft::Config>, openraft::ConfigError> {
     let config = openraft::Config {
         cluster_name: cluster_name.to_string(),
