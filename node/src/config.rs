@@ -67,6 +67,8 @@ pub struct Config {
     pub request_timeout_ms: u64,
     /// A member that has not answered pings for this long is treated as down (ms).
     pub member_down_after_ms: u64,
+    /// A group snapshots its state and drops its log after this many new entries.
+    pub snapshot_after_logs: u64,
 }
 
 impl Default for Config {
@@ -82,6 +84,7 @@ impl Default for Config {
             cluster_name: "devicegrid".into(),
             request_timeout_ms: 10_000,
             member_down_after_ms: 2_000,
+            snapshot_after_logs: 10_000,
         }
     }
 }
@@ -137,6 +140,9 @@ impl Config {
         }
         if self.member_down_after_ms < 500 {
             return Err("member_down_after_ms must be at least 500".into());
+        }
+        if self.snapshot_after_logs < 10 {
+            return Err("snapshot_after_logs must be at least 10".into());
         }
         if self.request_timeout_ms < 100 {
             return Err("request_timeout_ms must be at least 100".into());

@@ -51,6 +51,15 @@ pub enum Error {
         /// What was tried.
         message: String,
     },
+    /// A write was sent but no answer came before the deadline: it may or may not have been
+    /// applied, so it must not be retried blindly.
+    #[error("group {group}: {message}; the write may or may not have been applied")]
+    OutcomeUnknown {
+        /// The group written to.
+        group: GroupId,
+        /// What happened.
+        message: String,
+    },
     /// Persistent storage failed.
     #[error("storage: {0}")]
     Storage(String),
@@ -77,6 +86,7 @@ impl Error {
             Error::ProcessorFailed { code, .. } => code,
             Error::NotLeader { .. } => "not_leader",
             Error::Unavailable { .. } => "unavailable",
+            Error::OutcomeUnknown { .. } => "outcome_unknown",
             Error::Storage(_) => "storage",
             Error::Internal(_) => "internal",
         }

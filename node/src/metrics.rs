@@ -47,6 +47,8 @@ pub struct Metrics {
     latency: HistogramFamily,
     commit_index: Family<GroupLabels, Gauge>,
     applied_index: Family<GroupLabels, Gauge>,
+    snapshot_index: Family<GroupLabels, Gauge>,
+    purged_index: Family<GroupLabels, Gauge>,
     leaders: Gauge,
     replicas: Gauge,
     leaderless: Gauge,
@@ -72,6 +74,8 @@ impl Metrics {
         let latency: HistogramFamily = Family::new_with_constructor(latency_histogram);
         let commit_index = Family::<GroupLabels, Gauge>::default();
         let applied_index = Family::<GroupLabels, Gauge>::default();
+        let snapshot_index = Family::<GroupLabels, Gauge>::default();
+        let purged_index = Family::<GroupLabels, Gauge>::default();
         let (leaders, replicas, leaderless, peers_up) = (
             Gauge::default(),
             Gauge::default(),
@@ -99,6 +103,16 @@ impl Metrics {
             applied_index.clone(),
         );
         registry.register(
+            "raft_snapshot_index",
+            "Log index covered by the group's latest snapshot",
+            snapshot_index.clone(),
+        );
+        registry.register(
+            "raft_purged_index",
+            "Last log index dropped after a snapshot",
+            purged_index.clone(),
+        );
+        registry.register(
             "partition_leaders",
             "Partitions this member leads",
             leaders.clone(),
@@ -124,6 +138,8 @@ impl Metrics {
             latency,
             commit_index,
             applied_index,
+            snapshot_index,
+            purged_index,
             leaders,
             replicas,
             leaderless,
@@ -158,6 +174,12 @@ impl Metrics {
             self.applied_index
                 .get_or_create(&labels)
                 .set(m.last_applied.map_or(0, |l| l.index) as i64);
+            self.snapshot_index
+                .get_or_create(&labels)
+                .set(m.snapshot.map_or(0, |l| l.index) as i64);
+            self.purged_index
+                .get_or_create(&labels)
+                .set(m.purged.map_or(0, |l| l.index) as i64);
             if matches!(g.id, crate::raft::GroupId::Partition(_)) {
                 held += 1;
                 led += i64::from(m.state == openraft::ServerState::Leader);

@@ -615,22 +615,47 @@ async fn no_quorum_answers_503_with_a_retry_hint() {
         grid.wait_ready(Duration::from_secs(60)).await;
         grid.kill9(2);
         grid.kill9(3);
-        let resp = grid
-            .http
-            .put(format!("{}/v1/maps/devices/d", grid.url(1)))
-            .json(&json!(1))
-            .send()
-            .await
-            .expect("put");
-        assert_eq!(resp.status(), 503);
-        assert_eq!(
-            resp.headers()
-                .get("retry-after")
-                .and_then(|v| v.to_str().ok()),
-            Some("1")
-        );
-        let body: Value = resp.json().await.expect("json");
-        assert_eq!(body["error"]["code"], json!("unavailable"), "{body}");
+        // Every partition refuses writes with 503 and a retry hint once member 1 sees no
+        // quorum; until then a write may be accepted and time out (504). Never a hang, a 200
+        // or a 500.
+        let http = grid.http.clone();
+        let url = grid.url(1);
+        wait_for(
+            Duration::from_secs(20),
+            "every partition to answer 503",
+            || {
+                let (http, url) = (http.clone(), url.clone());
+                async move {
+                    let mut all_503 = true;
+                    for k in 0..16 {
+                        let resp = http
+                            .put(format!("{url}/v1/maps/devices/k{k}"))
+                            .json(&json!(1))
+                            .send()
+                            .await
+                            .expect("put");
+                        let status = resp.status().as_u16();
+                        assert!(status == 503 || status == 504, "k{k}: {status}");
+                        let retry = resp
+                            .headers()
+                            .get("retry-after")
+                            .and_then(|v| v.to_str().ok())
+                            .map(String::from);
+                        let body: Value = resp.json().await.expect("json");
+                        if status == 503 {
+                            assert_eq!(retry.as_deref(), Some("1"));
+                            assert_eq!(body["error"]["code"], json!("unavailable"), "{body}");
+                        } else {
+                            assert_eq!(body["error"]["code"], json!("outcome_unknown"), "{body}");
+                            all_503 = false;
+                        }
+                    }
+                    all_503
+                }
+            },
+        )
+        .await
+        .expect("503 for no quorum");
         let resp = grid
             .http
             .get(format!("{}/readyz", grid.url(1)))
@@ -638,6 +663,68 @@ async fn no_quorum_answers_503_with_a_retry_hint() {
             .await
             .expect("readyz");
         assert_eq!(resp.status(), 503);
+    })
+    .await
+    .expect("test finished within its deadline");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lagging_replica_catches_up_from_a_snapshot() {
+    tokio::time::timeout(Duration::from_secs(240), async {
+        let mut grid = TestGrid::start_with(3, 2, &["--snapshot-after-logs", "50"]);
+        grid.wait_ready(Duration::from_secs(60)).await;
+        grid.kill9(3);
+        // Enough single-key writes that both partitions snapshot and drop their logs.
+        let urls = Arc::new(vec![grid.url(1), grid.url(2)]);
+        let acked = write_round(
+            urls,
+            grid.http.clone(),
+            (0..1_000).collect(),
+            7,
+            Arc::new(AtomicUsize::new(0)),
+        )
+        .await;
+        let metrics = grid
+            .http
+            .get(format!("{}/metrics", grid.url(1)))
+            .send()
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("text");
+        for p in ["p0", "p1"] {
+            let purged = common::gauge(
+                &metrics,
+                &format!("devicegrid_raft_purged_index{{group=\"{p}\"}}"),
+            );
+            assert!(
+                purged.is_some_and(|v| v > 10.0),
+                "{p} purged its log: {purged:?}"
+            );
+        }
+        grid.spawn(3);
+        grid.wait_ready(Duration::from_secs(60)).await;
+        wait_for(
+            Duration::from_secs(30),
+            "member 3 to install the snapshots",
+            || {
+                let (http, url) = (grid.http.clone(), grid.url(3));
+                async move {
+                    let r = http
+                        .get(format!(
+                            "{url}/v1/maps/devices/device-999?consistency=stale"
+                        ))
+                        .send()
+                        .await;
+                    matches!(r, Ok(r) if r.status() == 200)
+                }
+            },
+        )
+        .await
+        .expect("catch up");
+        let expected: HashMap<usize, u64> = acked;
+        verify(&grid, &expected, Some(3)).await;
     })
     .await
     .expect("test finished within its deadline");

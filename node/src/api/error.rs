@@ -34,6 +34,7 @@ pub fn status_of(e: &Error) -> StatusCode {
         Error::VersionMismatch { .. } => StatusCode::PRECONDITION_FAILED,
         Error::ProcessorFailed { .. } => StatusCode::CONFLICT,
         Error::NotLeader { .. } | Error::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+        Error::OutcomeUnknown { .. } => StatusCode::GATEWAY_TIMEOUT,
         Error::Storage(_) | Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }

@@ -69,6 +69,9 @@ struct ServeArgs {
     /// How long a request may wait for a partition leader, ms [default: 10000].
     #[arg(long, env = "DEVICEGRID_REQUEST_TIMEOUT_MS")]
     request_timeout_ms: Option<u64>,
+    /// A group snapshots and drops its log after this many entries [default: 10000].
+    #[arg(long, env = "DEVICEGRID_SNAPSHOT_AFTER_LOGS")]
+    snapshot_after_logs: Option<u64>,
 }
 
 impl ServeArgs {
@@ -93,7 +96,8 @@ impl ServeArgs {
             partitions,
             replication_factor,
             cluster_name,
-            request_timeout_ms
+            request_timeout_ms,
+            snapshot_after_logs
         );
         if self.advertise.is_some() {
             c.advertise = self.advertise;

@@ -158,8 +158,10 @@ async fn host_partitions(grid: &Grid, meta: &MetaState) -> Result<()> {
         if !replicas.contains(&grid.id) {
             continue;
         }
-        let (group, new) = grid.host_partition(p).await?;
-        if new && replicas.first() == Some(&grid.id) {
+        let (group, _) = grid.host_partition(p).await?;
+        // Retried on every pass until it succeeds (the first attempt fails when the other
+        // replicas are not up yet).
+        if replicas.first() == Some(&grid.id) {
             let initialized = group
                 .raft
                 .is_initialized()

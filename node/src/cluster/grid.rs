@@ -61,6 +61,17 @@ enum Call {
     },
 }
 
+impl Call {
+    /// The error for a call that got no answer: a write may have been applied, a read
+    /// changed nothing.
+    fn no_answer(&self, group: GroupId, message: String) -> Error {
+        match self {
+            Call::Write(_) => Error::OutcomeUnknown { group, message },
+            Call::Read { .. } => Error::Unavailable { group, message },
+        }
+    }
+}
+
 enum Answer {
     Written(Vec<OpOutcome>),
     Read(Vec<Option<Record>>),
@@ -79,8 +90,8 @@ impl Grid {
             .map_err(|e| Error::bad_request("invalid_config", e))?;
         bootstrap::check_identity(&config)?;
         let storage = Storage::open(&config.data_dir)?;
-        let raft_config =
-            group_config(&config.cluster_name).map_err(|e| Error::Internal(e.to_string()))?;
+        let raft_config = group_config(&config.cluster_name, config.snapshot_after_logs)
+            .map_err(|e| Error::Internal(e.to_string()))?;
         let transport = Transport::new(shutdown.clone());
         let (meta_tx, meta_rx) = watch::channel(Arc::new(MetaState::default()));
         let meta = open_group(
@@ -265,8 +276,13 @@ impl Grid {
         let mut last_error = String::from("no attempt");
         let mut redirects = 0;
         while Instant::now() < deadline {
+            let reachable = |id: &NodeId| *id == self.id || self.liveness.alive(*id);
+            if self.uptime() > PEERS_KNOWN_AFTER && !replicas.iter().any(reachable) {
+                last_error = format!("no replica answers pings (replicas {replicas:?})");
+                break;
+            }
             let result = if target == self.id {
-                self.local_call(p, &call).await
+                self.bounded_local_call(p, &call, deadline).await
             } else {
                 self.remote_call(&meta, target, p, &call, deadline).await
             };
@@ -326,6 +342,16 @@ impl Grid {
                 message: format!("{NOT_SENT} member {} does not host it", self.id),
             });
         };
+        // Without a majority of its voters no replica can commit or confirm leadership;
+        // refusing now tells the client, for certain, that nothing was written.
+        if !matches!(call, Call::Read { stale: true, .. }) {
+            if let Some(down) = self.quorum_down(&group) {
+                return Err(Error::Unavailable {
+                    group: group_id,
+                    message: format!("no quorum: members {down:?} do not answer"),
+                });
+            }
+        }
         match call {
             Call::Write(ops) => Ok(Answer::Written(group.propose(ops.clone()).await?)),
             Call::Read { keys, stale } => {
@@ -355,6 +381,12 @@ impl Grid {
         deadline: Instant,
     ) -> Result<Answer> {
         let group = GroupId::Partition(p);
+        if self.uptime() > PEERS_KNOWN_AFTER && !self.liveness.alive(target) {
+            return Err(Error::Unavailable {
+                group,
+                message: format!("{NOT_SENT} member {target} does not answer pings"),
+            });
+        }
         let Some(addr) = meta.addr(target) else {
             return Err(Error::Unavailable {
                 group,
@@ -385,11 +417,24 @@ impl Grid {
                 group,
                 message: format!("{NOT_SENT} {m}"),
             }),
-            Err(e) => Err(Error::Unavailable {
-                group,
-                message: format!("member {target}: {e}; the outcome is unknown"),
-            }),
+            Err(e) => Err(call.no_answer(group, format!("member {target}: {e}"))),
         }
+    }
+
+    /// [`Self::local_call`] that gives up at `deadline`.
+    async fn bounded_local_call(&self, p: u32, call: &Call, deadline: Instant) -> Result<Answer> {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, self.local_call(p, call)).await {
+            Ok(r) => r,
+            Err(_) => {
+                Err(call.no_answer(GroupId::Partition(p), format!("no commit within {left:?}")))
+            }
+        }
+    }
+
+    /// How long a forwarded operation may take here.
+    fn peer_deadline(&self) -> Instant {
+        Instant::now() + Duration::from_millis(self.config.request_timeout_ms)
     }
 
     /// Serves one request from a peer.
@@ -418,7 +463,7 @@ impl Grid {
                 group: GroupId::Partition(p),
                 ops,
             } => PeerResponse::Write(
-                self.local_call(p, &Call::Write(ops))
+                self.bounded_local_call(p, &Call::Write(ops), self.peer_deadline())
                     .await
                     .and_then(|a| match a {
                         Answer::Written(o) => Ok(o),
@@ -431,7 +476,7 @@ impl Grid {
                 keys,
                 stale,
             } => PeerResponse::Read(
-                self.local_call(p, &Call::Read { keys, stale })
+                self.bounded_local_call(p, &Call::Read { keys, stale }, self.peer_deadline())
                     .await
                     .and_then(|a| match a {
                         Answer::Read(r) => Ok(r),
@@ -443,6 +488,21 @@ impl Grid {
                 PeerResponse::Invalid("map operations go to partitions".into())
             }
         }
+    }
+
+    /// When a majority of `g`'s voters does not answer pings: the voters that are down.
+    fn quorum_down(&self, g: &Group) -> Option<Vec<NodeId>> {
+        if self.uptime() < PEERS_KNOWN_AFTER {
+            return None;
+        }
+        let m = g.raft.metrics().borrow().clone();
+        let voters: Vec<NodeId> = m.membership_config.voter_ids().collect();
+        let down: Vec<NodeId> = voters
+            .iter()
+            .copied()
+            .filter(|v| *v != self.id && !self.liveness.alive(*v))
+            .collect();
+        ((voters.len() - down.len()) * 2 <= voters.len()).then_some(down)
     }
 
     /// Whether the leader of `g` is known and reachable from here.
@@ -496,7 +556,7 @@ impl Grid {
                 .transport
                 .call(
                     &m.addr,
-                    Lane::Raft,
+                    Lane::Control,
                     PeerRequest::Status,
                     Duration::from_millis(1500),
                 )
@@ -563,6 +623,9 @@ impl Grid {
         }
     }
 }
+
+/// After this long, liveness has pinged every peer, and a member it calls down is skipped.
+const PEERS_KNOWN_AFTER: Duration = Duration::from_secs(3);
 
 /// Marks errors raised before a request left this member (safe to send elsewhere).
 const NOT_SENT: &str = "not sent:";

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
+use openraft::error::{CheckIsLeaderError, RaftError};
 use openraft::ServerState;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio_util::sync::CancellationToken;
@@ -21,6 +21,8 @@ use crate::{Error, Result};
 
 /// Operations per Raft entry, at most.
 const MAX_OPS_PER_ENTRY: usize = 1024;
+/// Bytes per Raft entry, roughly (a single larger operation still gets an entry of its own).
+const MAX_ENTRY_BYTES: usize = 1024 * 1024;
 /// Entries of one group being replicated at once, at most.
 const ENTRIES_IN_FLIGHT: usize = 8;
 
@@ -123,19 +125,21 @@ impl Group {
     }
 }
 
-fn write_error(
-    group: GroupId,
-    e: RaftError<NodeId, ClientWriteError<NodeId, crate::raft::MemberNode>>,
-) -> Error {
-    match e {
-        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => Error::NotLeader {
-            group,
-            leader: f.leader_id,
-        },
-        other => Error::Unavailable {
-            group,
-            message: other.to_string(),
-        },
+/// Approximate encoded size of an operation, for the entry size cap.
+fn op_bytes(op: &MapOp) -> usize {
+    let (map, key) = op.target();
+    let body = match op {
+        MapOp::Put { value, .. } => value.len(),
+        MapOp::Process { .. } => 512,
+        MapOp::Delete { .. } | MapOp::Expire { .. } => 0,
+    };
+    64 + map.len() + key.len() + body
+}
+
+/// Answers every proposal of a batch with the same error.
+fn fail_all(replies: Vec<oneshot::Sender<Result<Vec<OpOutcome>>>>, e: impl Fn() -> Error) {
+    for r in replies {
+        let _ = r.send(Err(e()));
     }
 }
 
@@ -146,20 +150,32 @@ async fn run_proposer(
     shutdown: CancellationToken,
 ) {
     let slots = Arc::new(Semaphore::new(ENTRIES_IN_FLIGHT));
+    let mut carried: Option<Proposal> = None;
     loop {
-        let first = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            p = rx.recv() => match p { Some(p) => p, None => return },
+        let first = match carried.take() {
+            Some(p) => p,
+            None => tokio::select! {
+                _ = shutdown.cancelled() => return,
+                p = rx.recv() => match p { Some(p) => p, None => return },
+            },
         };
         let Ok(permit) = slots.clone().acquire_owned().await else {
             return;
         };
+        // Pack whatever is waiting into one entry, up to the op and byte caps.
+        let mut n = first.ops.len();
+        let mut bytes: usize = first.ops.iter().map(op_bytes).sum();
         let mut batch = vec![first];
-        let mut n = batch[0].ops.len();
-        while n < MAX_OPS_PER_ENTRY {
+        while n < MAX_OPS_PER_ENTRY && bytes < MAX_ENTRY_BYTES {
             match rx.try_recv() {
                 Ok(p) => {
+                    let b: usize = p.ops.iter().map(op_bytes).sum();
+                    if bytes + b > MAX_ENTRY_BYTES {
+                        carried = Some(p);
+                        break;
+                    }
                     n += p.ops.len();
+                    bytes += b;
                     batch.push(p);
                 }
                 Err(_) => break,
@@ -170,6 +186,17 @@ async fn run_proposer(
             let sizes: Vec<usize> = batch.iter().map(|p| p.ops.len()).collect();
             let (ops, replies): (Vec<Vec<MapOp>>, Vec<_>) =
                 batch.into_iter().map(|p| (p.ops, p.reply)).unzip();
+            // Only a refusal before proposing is safe to retry elsewhere. Once proposed, an
+            // entry that loses its leader may still be committed by the next one.
+            let (state, leader) = {
+                let m = raft.metrics();
+                let m = m.borrow();
+                (m.state, m.current_leader)
+            };
+            if state != ServerState::Leader {
+                fail_all(replies, || Error::NotLeader { group, leader });
+                return;
+            }
             let entry = MapBatch {
                 now_ms: now_ms(),
                 ops: ops.into_iter().flatten().collect(),
@@ -179,11 +206,11 @@ async fn run_proposer(
             match result {
                 Ok(resp) => {
                     let Response::Map(outcomes) = resp.data else {
-                        for r in replies {
-                            let _ = r.send(Err(Error::Internal(
+                        fail_all(replies, || {
+                            Error::Internal(
                                 "partition answered a map batch with something else".into(),
-                            )));
-                        }
+                            )
+                        });
                         return;
                     };
                     let mut it = outcomes.into_iter();
@@ -192,19 +219,11 @@ async fn run_proposer(
                     }
                 }
                 Err(e) => {
-                    let e = write_error(group, e);
-                    for reply in replies {
-                        let _ = reply.send(Err(match &e {
-                            Error::NotLeader { group, leader } => Error::NotLeader {
-                                group: *group,
-                                leader: *leader,
-                            },
-                            other => Error::Unavailable {
-                                group,
-                                message: other.to_string(),
-                            },
-                        }));
-                    }
+                    let message = e.to_string();
+                    fail_all(replies, || Error::OutcomeUnknown {
+                        group,
+                        message: format!("leadership changed while replicating: {message}"),
+                    });
                 }
             }
         });

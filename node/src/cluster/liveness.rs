@@ -6,8 +6,8 @@
 //!   `member_down_after_ms` is down;
 //! - once a second, makes every group it leads send a heartbeat; the transport coalesces
 //!   them into one request per peer;
-//! - starts an election in a group only when its leader is unknown, down, or silent for
-//!   [`LEADER_SILENCE`]. Replicas wait their turn by rank (the partition's preferred leader
+//! - starts an election in a group only when its leader is unknown, or silent for
+//!   [`LEADER_SILENCE`], or silent for 2.5 s and its member misses pings. Replicas wait their turn by rank (the partition's preferred leader
 //!   first) plus jitter, so leaders stay spread and candidates rarely collide.
 
 use std::collections::HashMap;
@@ -24,6 +24,9 @@ use crate::transport::{Lane, PeerRequest, PeerResponse};
 
 /// A follower that heard nothing from its leader for this long looks for a new one.
 pub const LEADER_SILENCE: Duration = Duration::from_secs(4);
+/// Appends this recent make a leader usable whatever its pings say (heartbeats come every
+/// second).
+const LEADER_FRESH: Duration = Duration::from_millis(2500);
 /// No elections for silent leaders until the member has been up this long (leaders need a
 /// heartbeat sweep to find a restarted member).
 const STARTUP_GRACE: Duration = Duration::from_secs(3);
@@ -99,7 +102,7 @@ async fn pinger(grid: Arc<Grid>) {
                     let req = PeerRequest::Ping { from: grid.id };
                     if let Ok(PeerResponse::Pong { id: answered }) = grid
                         .transport
-                        .call(&addr, Lane::Raft, req, Duration::from_secs(1))
+                        .call(&addr, Lane::Control, req, Duration::from_secs(1))
                         .await
                     {
                         if answered == id {
@@ -158,7 +161,9 @@ async fn maybe_elect(grid: &Grid, g: &Group) {
                 .last_leader_contact
                 .load(std::sync::atomic::Ordering::Relaxed);
             let silence = Duration::from_millis(grid.clock_ms().saturating_sub(contact));
-            grid.liveness.alive(l) && silence < LEADER_SILENCE
+            // Recent appends prove the leader works even if a ping was slow; a leader whose
+            // member stopped answering pings is given up sooner than a silent one.
+            silence < LEADER_FRESH || (grid.liveness.alive(l) && silence < LEADER_SILENCE)
         }
         _ => false,
     };

@@ -168,7 +168,16 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         if let Some(c) = committed {
             self.committed.store(c.index, Ordering::Relaxed);
         }
-        self.write_state(StateKey::Committed, &committed)
+        self.write_state(StateKey::Committed, &committed)?;
+        // Durable before anything is applied: a leader restored after a crash computes its
+        // read index from the committed id it finds, and a stale one would let a linearizable
+        // read miss an acknowledged write. The flusher shares this fsync with other groups.
+        self.st
+            .flusher
+            .flush()
+            .await
+            .map_err(|e| StorageIOError::write(any_error(e)))?;
+        Ok(())
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId<NodeId>>, StorageError> {

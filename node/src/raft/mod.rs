@@ -90,25 +90,32 @@ pub type StorageError = openraft::StorageError<NodeId>;
 
 /// openraft settings shared by every group of a member.
 ///
-/// Ticks are off: with hundreds of groups per member, per-group timers dominate idle CPU
-/// (see RAFT-NOTES). Heartbeats and elections are driven member-wide by
-/// [`crate::cluster::liveness`], which sends every group's heartbeats in one sweep (coalesced
-/// by the transport) and starts elections only where a leader's member stopped answering.
-/// `heartbeat_interval` still bounds the leadership check of linearizable reads;
-/// `election_timeout_max` is the leader lease during which followers refuse other candidates.
+/// Per-group heartbeats and election timers are off: with hundreds of groups per member they
+/// dominate idle CPU (see RAFT-NOTES). [`crate::cluster::liveness`] drives both member-wide:
+/// it sends every group's heartbeats in one sweep (coalesced by the transport) and starts
+/// elections only where a leader's member stopped answering. The tick itself stays on: a
+/// leader removed from its group steps down on a tick.
+/// `heartbeat_interval` is now only the timeout of AppendEntries and of the leadership check
+/// of linearizable reads; `election_timeout_max` is the leader lease during which followers
+/// refuse other candidates.
 #[allow(clippy::result_large_err)] // openraft's ConfigError
-pub fn group_config(cluster_name: &str) -> Result<Arc<openraft::Config>, openraft::ConfigError> {
+pub fn group_config(
+    cluster_name: &str,
+    snapshot_after_logs: u64,
+) -> Result<Arc<openraft::Config>, openraft::ConfigError> {
     let config = openraft::Config {
         cluster_name: cluster_name.to_string(),
-        heartbeat_interval: 500,
-        election_timeout_min: 1000,
-        election_timeout_max: 2000,
+        heartbeat_interval: 1000,
+        election_timeout_min: 1500,
+        election_timeout_max: 3000,
         install_snapshot_timeout: 10_000,
-        max_payload_entries: 256,
-        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(10_000),
-        max_in_snapshot_log_to_keep: 1_000,
+        // Entries are at most ~1 MiB (see cluster::group), so an append stays well under the
+        // peer endpoint's body limit.
+        max_payload_entries: 32,
+        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(snapshot_after_logs),
+        max_in_snapshot_log_to_keep: snapshot_after_logs / 10,
         snapshot_max_chunk_size: 4 * 1024 * 1024,
-        enable_tick: false,
+        enable_tick: true,
         enable_heartbeat: false,
         enable_elect: false,
         ..Default::default()

@@ -96,7 +96,13 @@ impl RaftNetwork<TypeConfig> for GroupClient {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RpcErr> {
-        match self.send(Lane::Raft, RaftRpc::Append(rpc), &option).await? {
+        // Heartbeats must not queue behind large appends.
+        let lane = if rpc.entries.is_empty() {
+            Lane::Control
+        } else {
+            Lane::Raft
+        };
+        match self.send(lane, RaftRpc::Append(rpc), &option).await? {
             PeerResponse::Append(Ok(r)) => Ok(r),
             PeerResponse::Append(Err(e)) => {
                 Err(RPCError::RemoteError(RemoteError::new(self.target, e)))
@@ -127,7 +133,10 @@ impl RaftNetwork<TypeConfig> for GroupClient {
         rpc: VoteRequest<NodeId>,
         option: RPCOption,
     ) -> Result<VoteResponse<NodeId>, RpcErr> {
-        match self.send(Lane::Raft, RaftRpc::Vote(rpc), &option).await? {
+        match self
+            .send(Lane::Control, RaftRpc::Vote(rpc), &option)
+            .await?
+        {
             PeerResponse::Vote(Ok(r)) => Ok(r),
             PeerResponse::Vote(Err(e)) => {
                 Err(RPCError::RemoteError(RemoteError::new(self.target, e)))

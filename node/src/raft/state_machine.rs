@@ -17,7 +17,10 @@ use super::{
     any_error, Entry, GroupId, MemberNode, NodeId, Request, Response, StorageError, TypeConfig,
 };
 use crate::cluster::meta::{self, MetaState};
-use crate::storage::{clear_group, decode, encode, group_key, sm_space, Overlay, Storage};
+use sled::transaction::{ConflictableTransactionError, TransactionError};
+use sled::Transactional;
+
+use crate::storage::{decode, encode, group_key, sm_space, Overlay, Storage};
 use crate::structures::map;
 
 /// What the `APPLIED` key of a group holds.
@@ -209,37 +212,51 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let bytes = snapshot.into_inner();
         let data: SnapshotData = decode(&bytes).map_err(write_err)?;
         let g = self.group.to_key();
-        clear_group(&self.st.state_machine, g).map_err(write_err)?;
-        let mut batch = sled::Batch::default();
         let mut revision = 0;
+        let mut inserts = Vec::with_capacity(data.entries.len() + 1);
         for (k, v) in &data.entries {
             if k.as_slice() == [sm_space::APPLIED] {
                 revision = decode::<AppliedState>(v).map_err(write_err)?.revision;
                 continue;
             }
-            batch.insert(group_key(g, k), v.to_vec());
+            inserts.push((group_key(g, k), v.to_vec()));
         }
-        self.applied = AppliedState {
+        let applied = AppliedState {
             last_applied: meta.last_log_id,
             membership: meta.last_membership.clone(),
             revision,
         };
-        batch.insert(
+        inserts.push((
             group_key(g, &[sm_space::APPLIED]),
-            encode(&self.applied).map_err(write_err)?,
-        );
-        self.st
+            encode(&applied).map_err(write_err)?,
+        ));
+        let old_keys: Vec<sled::IVec> = self
+            .st
             .state_machine
-            .apply_batch(batch)
+            .scan_prefix(g.to_be_bytes())
+            .keys()
+            .collect::<Result<_, _>>()
             .map_err(write_err)?;
-        let stored = StoredSnapshot {
+        let stored = encode(&StoredSnapshot {
             meta: meta.clone(),
             data: serde_bytes::ByteBuf::from(bytes),
-        };
-        self.st
-            .snapshots
-            .insert(g.to_be_bytes(), encode(&stored).map_err(write_err)?)
-            .map_err(write_err)?;
+        })
+        .map_err(write_err)?;
+        // One transaction over both trees: a crash leaves either the old state and snapshot
+        // or the new ones, never an empty partition.
+        (&self.st.state_machine, &self.st.snapshots)
+            .transaction(|(sm, snaps)| {
+                for k in &old_keys {
+                    sm.remove(k)?;
+                }
+                for (k, v) in &inserts {
+                    sm.insert(k.as_slice(), v.as_slice())?;
+                }
+                snaps.insert(&g.to_be_bytes(), stored.as_slice())?;
+                Ok::<(), ConflictableTransactionError<()>>(())
+            })
+            .map_err(|e: TransactionError<()>| write_err(format!("{e:?}")))?;
+        self.applied = applied;
         self.publish_meta().map_err(read_err)?;
         Ok(())
     }
@@ -258,6 +275,32 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             meta: stored.meta,
             snapshot: Box::new(Cursor::new(stored.data.into_vec())),
         }))
+    }
+}
+
+/// Stores `snap` as the group's snapshot unless a newer one (installed meanwhile) is there.
+fn store_if_newer(
+    tree: &sled::Tree,
+    group: u32,
+    snap: &StoredSnapshot,
+) -> Result<(), StorageError> {
+    let key = group.to_be_bytes();
+    let new = encode(snap).map_err(write_err)?;
+    loop {
+        let current = tree.get(key).map_err(read_err)?;
+        if let Some(c) = &current {
+            let c: StoredSnapshot = decode(c).map_err(read_err)?;
+            if c.meta.last_log_id >= snap.meta.last_log_id {
+                return Ok(());
+            }
+        }
+        match tree
+            .compare_and_swap(key, current, Some(new.as_slice()))
+            .map_err(write_err)?
+        {
+            Ok(()) => return Ok(()),
+            Err(_) => continue, // replaced meanwhile: compare again
+        }
     }
 }
 
@@ -294,13 +337,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             meta: meta.clone(),
             data: serde_bytes::ByteBuf::from(bytes.clone()),
         };
-        self.st
-            .snapshots
-            .insert(
-                self.group.to_key().to_be_bytes(),
-                encode(&stored).map_err(write_err)?,
-            )
-            .map_err(write_err)?;
+        store_if_newer(&self.st.snapshots, self.group.to_key(), &stored)?;
         Ok(Snapshot {
             meta,
             snapshot: Box::new(Cursor::new(bytes)),

@@ -111,14 +111,3 @@ pub fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>> {
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
     rmp_serde::from_slice(bytes).map_err(|e| Error::Storage(format!("decode: {e}")))
 }
-
-/// Removes every key of `group` from `tree`.
-pub fn clear_group(tree: &sled::Tree, group: u32) -> Result<()> {
-    let mut batch = sled::Batch::default();
-    for item in tree.scan_prefix(group.to_be_bytes()) {
-        let (k, _) = item?;
-        batch.remove(k);
-    }
-    tree.apply_batch(batch)?;
-    Ok(())
-}

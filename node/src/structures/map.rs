@@ -17,6 +17,24 @@ pub const MAX_MAP_NAME_BYTES: usize = 128;
 pub const MAX_KEY_BYTES: usize = 512;
 /// Largest accepted value (serialized JSON), in bytes.
 pub const MAX_VALUE_BYTES: usize = 1024 * 1024;
+/// Deepest nesting a processor may produce (below serde_json's parse limit of 128, so every
+/// stored value can be read back).
+pub const MAX_DEPTH: usize = 100;
+
+/// Nesting depth of a JSON value (a scalar is 1), without recursion.
+pub fn depth(v: &serde_json::Value) -> usize {
+    let mut max = 0;
+    let mut stack = vec![(v, 1usize)];
+    while let Some((v, d)) = stack.pop() {
+        max = max.max(d);
+        match v {
+            serde_json::Value::Array(a) => stack.extend(a.iter().map(|x| (x, d + 1))),
+            serde_json::Value::Object(m) => stack.extend(m.values().map(|x| (x, d + 1))),
+            _ => {}
+        }
+    }
+    max
+}
 
 /// A stored map entry.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -237,15 +255,35 @@ fn apply_op(view: &mut Overlay<'_>, revision: &mut u64, now: u64, op: &MapOp) ->
             }
         },
         MapOp::Process { processor, .. } => {
+            // Everything that depends on the data becomes an outcome, never an `Err`: an
+            // `Err` from `apply` is fatal to the group on every replica.
             let old = match &current {
-                Some(r) => Some(serde_json::from_str(&r.value).map_err(|e| {
-                    crate::Error::Storage(format!("stored value of {map}/{key} is not JSON: {e}"))
-                })?),
+                Some(r) => match serde_json::from_str(&r.value) {
+                    Ok(v) => Some(v),
+                    Err(e) => {
+                        return Ok(OpOutcome::Failed {
+                            code: "unreadable_value".into(),
+                            message: format!(
+                                "the stored value is not JSON a processor can read: {e}"
+                            ),
+                        })
+                    }
+                },
                 None => None,
             };
             match processor::run(processor, old, now) {
+                Ok(new) if depth(&new) > MAX_DEPTH => OpOutcome::Failed {
+                    code: "value_too_deep".into(),
+                    message: format!("the result would nest deeper than {MAX_DEPTH} levels"),
+                },
                 Ok(new) => {
                     let text = new.to_string();
+                    if text.len() > MAX_VALUE_BYTES {
+                        return Ok(OpOutcome::Failed {
+                            code: "value_too_large".into(),
+                            message: format!("the result would exceed {MAX_VALUE_BYTES} bytes"),
+                        });
+                    }
                     let expires = current.and_then(|r| r.expires_at_ms);
                     let version = write(view, revision, &k, text.clone(), expires)?;
                     OpOutcome::Written {
@@ -415,6 +453,40 @@ mod tests {
                 version: rev,
                 value: None
             }
+        );
+    }
+
+    #[test]
+    fn processors_cannot_store_what_cannot_be_read_back() {
+        let t = tree();
+        let mut rev = 0;
+        let deep = format!("{}1{}", "[".repeat(99), "]".repeat(99));
+        run(&t, &mut rev, 1, vec![put("d", &deep, None, None)]);
+        let patch: serde_json::Value =
+            serde_json::from_str(&format!("{{\"a\": {deep}}}")).expect("json");
+        let p = MapOp::Process {
+            map: "devices".into(),
+            key: "d".into(),
+            processor: Processor::MergePatch { patch },
+        };
+        let out = run(&t, &mut rev, 1, vec![p.clone()]);
+        assert!(
+            matches!(&out[0], OpOutcome::Failed { code, .. } if code == "value_too_deep"),
+            "{out:?}"
+        );
+        // A stored value that does not parse is an outcome, not a failed apply.
+        let mut view = Overlay::new(&t, 7);
+        let bad = Record {
+            value: "{".into(),
+            version: 9,
+            expires_at_ms: None,
+        };
+        view.put(&entry_key("devices", "d"), encode(&bad).expect("encode"));
+        view.commit().expect("commit");
+        let out = run(&t, &mut rev, 1, vec![p]);
+        assert!(
+            matches!(&out[0], OpOutcome::Failed { code, .. } if code == "unreadable_value"),
+            "{out:?}"
         );
     }
 

@@ -65,7 +65,16 @@ pub fn validate(p: &Processor) -> Result<(), Refusal> {
     }
 }
 
+/// Most segments of a JSON pointer.
+const MAX_POINTER_SEGMENTS: usize = 32;
+
 fn check_pointer(field: &str) -> Result<(), Refusal> {
+    if field.matches('/').count() > MAX_POINTER_SEGMENTS {
+        return Err(Refusal::new(
+            "invalid_field",
+            format!("field pointers have at most {MAX_POINTER_SEGMENTS} segments"),
+        ));
+    }
     if field.is_empty() || !field.starts_with('/') {
         return Err(Refusal::new(
             "invalid_field",

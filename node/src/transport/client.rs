@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio_util::sync::CancellationToken;
@@ -13,7 +13,9 @@ use crate::storage::{decode, encode};
 /// Traffic classes; each has its own queue and connections per peer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Lane {
-    /// Appends, votes, heartbeats, pings.
+    /// Small and urgent: pings, status, votes, heartbeats.
+    Control,
+    /// Appends carrying entries.
     Raft,
     /// Forwarded client reads and writes.
     Client,
@@ -24,7 +26,7 @@ pub enum Lane {
 impl Lane {
     fn max_batch(self) -> usize {
         match self {
-            Lane::Raft | Lane::Client => 512,
+            Lane::Control | Lane::Raft | Lane::Client => 512,
             Lane::Bulk => 1,
         }
     }
@@ -45,9 +47,15 @@ pub enum TransportError {
 }
 
 struct Pending {
-    req: PeerRequest,
+    /// The request, already encoded (so batches can be capped in bytes).
+    req: Vec<u8>,
+    /// When the caller stops waiting; an expired request is dropped, never sent.
+    deadline: Instant,
     reply: oneshot::Sender<Result<PeerResponse, TransportError>>,
 }
+
+/// Bytes per batch, roughly: one larger request still travels, alone.
+const MAX_BATCH_BYTES: usize = 8 * 1024 * 1024;
 
 /// Batches requests to peers. One per member, shared by every group.
 pub struct Transport {
@@ -84,8 +92,14 @@ impl Transport {
         timeout: Duration,
     ) -> Result<PeerResponse, TransportError> {
         let (tx, rx) = oneshot::channel();
+        let req = encode(&req).map_err(|e| TransportError::NotSent(e.to_string()))?;
+        let deadline = Instant::now() + timeout;
         self.lane(addr, lane)
-            .send(Pending { req, reply: tx })
+            .send(Pending {
+                req,
+                deadline,
+                reply: tx,
+            })
             .map_err(|_| TransportError::NotSent("transport stopped".into()))?;
         match tokio::time::timeout(timeout, rx).await {
             Ok(Ok(r)) => r,
@@ -122,21 +136,40 @@ async fn run_lane(
     shutdown: CancellationToken,
 ) {
     let slots = Arc::new(Semaphore::new(IN_FLIGHT));
+    let mut carried: Option<Pending> = None;
     loop {
-        let first = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            p = rx.recv() => match p { Some(p) => p, None => return },
+        let first = match carried.take() {
+            Some(p) => p,
+            None => tokio::select! {
+                _ = shutdown.cancelled() => return,
+                p = rx.recv() => match p { Some(p) => p, None => return },
+            },
         };
         let Ok(permit) = slots.clone().acquire_owned().await else {
             return;
         };
-        // Take whatever queued up while waiting for a slot.
-        let mut batch = vec![first];
-        while batch.len() < lane.max_batch() {
-            match rx.try_recv() {
-                Ok(p) => batch.push(p),
+        // Take whatever queued up while waiting for a slot, dropping what expired.
+        let now = Instant::now();
+        let mut bytes = first.req.len();
+        let mut batch: Vec<Pending> = std::iter::once(first)
+            .filter(|p| p.deadline > now)
+            .collect();
+        while batch.len() < lane.max_batch() && bytes < MAX_BATCH_BYTES {
+            match carried.take().map(Ok).unwrap_or_else(|| rx.try_recv()) {
+                Ok(p) if p.deadline <= now => {}
+                Ok(p) if bytes + p.req.len() > MAX_BATCH_BYTES && !batch.is_empty() => {
+                    carried = Some(p);
+                    break;
+                }
+                Ok(p) => {
+                    bytes += p.req.len();
+                    batch.push(p);
+                }
                 Err(_) => break,
             }
+        }
+        if batch.is_empty() {
+            continue;
         }
         let (http, url) = (http.clone(), url.clone());
         tokio::spawn(async move {
@@ -176,9 +209,15 @@ async fn send_batch(http: &reqwest::Client, url: &str, batch: Vec<Pending>) {
 async fn exchange(
     http: &reqwest::Client,
     url: &str,
-    reqs: &[PeerRequest],
+    reqs: &[Vec<u8>],
 ) -> Result<Vec<PeerResponse>, TransportError> {
-    let body = encode(reqs).map_err(|e| TransportError::NotSent(e.to_string()))?;
+    // A MessagePack array of the already encoded requests.
+    let mut body = Vec::with_capacity(5 + reqs.iter().map(Vec::len).sum::<usize>());
+    rmp::encode::write_array_len(&mut body, reqs.len() as u32)
+        .map_err(|e| TransportError::NotSent(e.to_string()))?;
+    for r in reqs {
+        body.extend_from_slice(r);
+    }
     let resp = http
         .post(url)
         .header("content-type", "application/msgpack")

@@ -3,9 +3,10 @@
 //!
 //! Requests to one member are coalesced: whatever is queued when a send starts travels in
 //! one MessagePack batch, so a sweep of heartbeats for hundreds of groups costs one HTTP
-//! request per peer. Three lanes keep slow traffic from delaying fast traffic: Raft
-//! (appends, votes, pings), client (forwarded reads and writes, which wait for commit) and
-//! bulk (snapshot chunks).
+//! request per peer. Lanes keep slow traffic from delaying urgent traffic: control (pings,
+//! votes, heartbeats, status), Raft appends, client (forwarded reads and writes, which wait
+//! for commit) and bulk (snapshot chunks). Batches are capped in bytes, and a request whose
+//! caller stopped waiting is dropped instead of sent.
 
 mod client;
 
@@ -104,8 +105,10 @@ pub enum WireError {
         /// Best known leader.
         leader: Option<NodeId>,
     },
-    /// No quorum, or the outcome is unknown.
+    /// No quorum or no leader; nothing was applied.
     Unavailable(String),
+    /// A write may or may not have been applied.
+    OutcomeUnknown(String),
     /// Anything else.
     Other(String),
 }
@@ -116,6 +119,7 @@ impl WireError {
         match e {
             crate::Error::NotLeader { leader, .. } => WireError::NotLeader { leader },
             crate::Error::Unavailable { message, .. } => WireError::Unavailable(message),
+            crate::Error::OutcomeUnknown { message, .. } => WireError::OutcomeUnknown(message),
             other => WireError::Other(other.to_string()),
         }
     }
@@ -125,6 +129,7 @@ impl WireError {
         match self {
             WireError::NotLeader { leader } => crate::Error::NotLeader { group, leader },
             WireError::Unavailable(message) => crate::Error::Unavailable { group, message },
+            WireError::OutcomeUnknown(message) => crate::Error::OutcomeUnknown { group, message },
             WireError::Other(m) => crate::Error::Internal(m),
         }
     }

@@ -17,6 +17,7 @@ pub struct TestGrid {
     pub ports: Vec<u16>,
     pub partitions: u32,
     procs: Vec<Option<Child>>,
+    extra_args: Vec<String>,
     pub http: reqwest::Client,
 }
 
@@ -34,7 +35,13 @@ fn free_ports(n: usize) -> Vec<u16> {
 impl TestGrid {
     /// Starts `n` members with `partitions` partitions; does not wait for readiness.
     pub fn start(n: usize, partitions: u32) -> Self {
+        Self::start_with(n, partitions, &[])
+    }
+
+    /// Like [`Self::start`], with extra `serve` flags for every member.
+    pub fn start_with(n: usize, partitions: u32, extra: &[&str]) -> Self {
         let mut g = TestGrid {
+            extra_args: extra.iter().map(|s| s.to_string()).collect(),
             dir: tempfile::tempdir().expect("tempdir"),
             ports: free_ports(n),
             partitions,
@@ -84,6 +91,7 @@ impl TestGrid {
             .args(["--initial-members", &seeds.join(",")])
             .args(["--partitions", &self.partitions.to_string()])
             .args(["--request-timeout-ms", "3000"])
+            .args(&self.extra_args)
             .env("RUST_LOG", "warn,openraft=error")
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
@@ -196,6 +204,14 @@ impl TestGrid {
             s => Err(format!("{s}: {}", resp.text().await.unwrap_or_default())),
         }
     }
+}
+
+/// The value of a gauge in a Prometheus text exposition.
+pub fn gauge(metrics: &str, name_and_labels: &str) -> Option<f64> {
+    metrics.lines().find_map(|l| {
+        l.strip_prefix(name_and_labels)
+            .and_then(|v| v.trim().parse().ok())
+    })
 }
 
 impl Drop for TestGrid {
