@@ -279,6 +279,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
 }
 
 /// Stores `snap` as the group's snapshot unless a newer one (installed meanwhile) is there.
+#[allow(clippy::result_large_err)] // openraft's StorageError
 fn store_if_newer(
     tree: &sled::Tree,
     group: u32,
