@@ -6,7 +6,7 @@ use crate::raft::GroupId;
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// Everything that can go wrong serving a request or running a member.
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum Error {
     /// The client sent something malformed or over a limit; `code` is machine-readable.
     #[error("{message}")]

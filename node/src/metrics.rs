@@ -49,6 +49,7 @@ pub struct Metrics {
     applied_index: Family<GroupLabels, Gauge>,
     snapshot_index: Family<GroupLabels, Gauge>,
     purged_index: Family<GroupLabels, Gauge>,
+    expired: Counter,
     leaders: Gauge,
     replicas: Gauge,
     leaderless: Gauge,
@@ -102,6 +103,12 @@ impl Metrics {
             "Last applied log index by group",
             applied_index.clone(),
         );
+        let expired = Counter::default();
+        registry.register(
+            "expired_entries",
+            "Map entries removed by the TTL sweeper of partitions led here",
+            expired.clone(),
+        );
         registry.register(
             "raft_snapshot_index",
             "Log index covered by the group's latest snapshot",
@@ -140,6 +147,7 @@ impl Metrics {
             applied_index,
             snapshot_index,
             purged_index,
+            expired,
             leaders,
             replicas,
             leaderless,
@@ -158,6 +166,11 @@ impl Metrics {
         self.latency
             .get_or_create(&OpLabels { op: op.to_string() })
             .observe(took.as_secs_f64());
+    }
+
+    /// Counts entries removed by the TTL sweeper.
+    pub fn observe_expired(&self, n: u64) {
+        self.expired.inc_by(n);
     }
 
     /// Reads the Raft gauges from the grid.

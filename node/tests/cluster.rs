@@ -186,31 +186,7 @@ async fn acknowledged_writes_survive_kill9_restart_and_full_restart() {
         verify(&grid, &expected, None).await;
 
         // The restarted member caught up: its own replica serves the last values.
-        wait_for(
-            Duration::from_secs(30),
-            "member 2's replica to catch up",
-            || {
-                let (http, url) = (grid.http.clone(), grid.url(2));
-                async move {
-                    let r = http
-                        .get(format!(
-                            "{url}/v1/maps/devices/device-9999?consistency=stale"
-                        ))
-                        .send()
-                        .await;
-                    match r {
-                        Ok(r) => r
-                            .json::<Value>()
-                            .await
-                            .map(|v| v["value"]["round"] == json!(2))
-                            .unwrap_or(false),
-                        Err(_) => false,
-                    }
-                }
-            },
-        )
-        .await
-        .expect("catch up");
+        wait_caught_up(&grid, 2).await;
         verify(&grid, &expected, Some(2)).await;
 
         // Full-cluster restart with SIGKILL: acknowledged writes were fsynced before the ack.
@@ -299,6 +275,18 @@ async fn map_operations_across_members() {
         })
         .await
         .expect("expiry");
+        // ... and the partition leader's sweeper removes it from storage.
+        wait_for(Duration::from_secs(10), "the sweeper to remove the entry", || async {
+            let mut removed = 0.0;
+            for id in grid.ids() {
+                let m = grid.http.get(format!("{}/metrics", grid.url(id))).send().await.expect("metrics");
+                let text = m.text().await.expect("text");
+                removed += common::gauge(&text, "devicegrid_expired_entries_total").unwrap_or(0.0);
+            }
+            removed >= 1.0
+        })
+        .await
+        .expect("sweeper");
     })
     .await
     .expect("test finished within its deadline");
@@ -668,6 +656,64 @@ async fn no_quorum_answers_503_with_a_retry_hint() {
     .expect("test finished within its deadline");
 }
 
+/// Per-group values of a gauge family, e.g. `devicegrid_raft_commit_index`.
+fn per_group(text: &str, family: &str) -> HashMap<String, f64> {
+    let prefix = format!("{family}{{group=\"");
+    text.lines()
+        .filter_map(|l| {
+            let rest = l.strip_prefix(&prefix)?;
+            let (group, value) = rest.split_once("\"} ")?;
+            Some((group.to_string(), value.trim().parse().ok()?))
+        })
+        .collect()
+}
+
+/// Waits until `member` has applied, in every partition, what the other members committed.
+async fn wait_caught_up(grid: &TestGrid, member: u64) {
+    let mut committed: HashMap<String, f64> = HashMap::new();
+    for id in grid.ids().into_iter().filter(|id| *id != member) {
+        for (g, c) in per_group(
+            &metrics_text(grid, id).await,
+            "devicegrid_raft_commit_index",
+        ) {
+            let e = committed.entry(g).or_insert(0.0);
+            *e = e.max(c);
+        }
+    }
+    committed.retain(|g, _| g.starts_with('p'));
+    assert!(!committed.is_empty(), "no commit indexes in the metrics");
+    wait_for(
+        Duration::from_secs(60),
+        &format!("member {member} to apply what the others committed"),
+        || {
+            let committed = committed.clone();
+            async move {
+                let applied = per_group(
+                    &metrics_text(grid, member).await,
+                    "devicegrid_raft_applied_index",
+                );
+                committed
+                    .iter()
+                    .all(|(g, c)| applied.get(g).is_some_and(|a| a >= c))
+            }
+        },
+    )
+    .await
+    .expect("catch up");
+}
+
+async fn metrics_text(grid: &TestGrid, id: u64) -> String {
+    match grid
+        .http
+        .get(format!("{}/metrics", grid.url(id)))
+        .send()
+        .await
+    {
+        Ok(r) => r.text().await.unwrap_or_default(),
+        Err(_) => String::new(),
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lagging_replica_catches_up_from_a_snapshot() {
     tokio::time::timeout(Duration::from_secs(240), async {
@@ -705,24 +751,7 @@ async fn lagging_replica_catches_up_from_a_snapshot() {
         }
         grid.spawn(3);
         grid.wait_ready(Duration::from_secs(60)).await;
-        wait_for(
-            Duration::from_secs(30),
-            "member 3 to install the snapshots",
-            || {
-                let (http, url) = (grid.http.clone(), grid.url(3));
-                async move {
-                    let r = http
-                        .get(format!(
-                            "{url}/v1/maps/devices/device-999?consistency=stale"
-                        ))
-                        .send()
-                        .await;
-                    matches!(r, Ok(r) if r.status() == 200)
-                }
-            },
-        )
-        .await
-        .expect("catch up");
+        wait_caught_up(&grid, 3).await;
         let expected: HashMap<usize, u64> = acked;
         verify(&grid, &expected, Some(3)).await;
     })

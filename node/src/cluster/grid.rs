@@ -14,7 +14,7 @@ use tokio_util::task::TaskTracker;
 use crate::cluster::group::Group;
 use crate::cluster::liveness::Liveness;
 use crate::cluster::meta::MetaState;
-use crate::cluster::{bootstrap, liveness, now_ms, partition_of};
+use crate::cluster::{bootstrap, expiry, liveness, now_ms, partition_of};
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::raft::{
@@ -122,6 +122,7 @@ impl Grid {
         });
         grid.tasks.spawn(bootstrap::run(grid.clone()));
         grid.tasks.spawn(liveness::run(grid.clone()));
+        grid.tasks.spawn(expiry::run(grid.clone()));
         Ok(grid)
     }
 
@@ -641,12 +642,13 @@ async fn open_group(
 ) -> Result<Arc<Group>> {
     let log = LogStore::new(storage.clone(), id.to_key());
     let committed = log.committed_index();
+    let restored = log.startup_position()?;
     let sm = StateMachineStore::open(storage.clone(), id, meta_tx)?;
     let network = NetworkFactory::new(id, transport.clone());
     let raft = Raft::new(config.node_id, raft_config.clone(), network, log, sm)
         .await
         .map_err(|e| Error::Internal(format!("start {id}: {e}")))?;
-    Ok(Group::new(id, raft, committed, shutdown.clone()))
+    Ok(Group::new(id, raft, committed, restored, shutdown.clone()))
 }
 
 /// `GET /v1/cluster`.

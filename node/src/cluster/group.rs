@@ -7,7 +7,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use openraft::error::{CheckIsLeaderError, RaftError};
 use openraft::ServerState;
@@ -62,12 +62,13 @@ impl Group {
         id: GroupId,
         raft: Raft,
         committed: Arc<AtomicU64>,
+        restored: (u64, Option<u64>),
         shutdown: CancellationToken,
     ) -> Arc<Self> {
         let (ptx, prx) = mpsc::unbounded_channel();
         let (rtx, rrx) = mpsc::unbounded_channel();
         tokio::spawn(run_proposer(id, raft.clone(), prx, shutdown.clone()));
-        tokio::spawn(run_read_barrier(id, raft.clone(), rrx, shutdown));
+        tokio::spawn(run_read_barrier(id, raft.clone(), restored, rrx, shutdown));
         Arc::new(Group {
             id,
             raft,
@@ -230,9 +231,33 @@ async fn run_proposer(
     }
 }
 
+/// See [`run_read_barrier`]: waits, in the restored term only, until the log found at start
+/// is applied.
+async fn restored_applied(raft: &Raft, (term, last): (u64, Option<u64>)) -> Result<(), String> {
+    let Some(last) = last else { return Ok(()) };
+    if raft.metrics().borrow().current_term != term {
+        return Ok(());
+    }
+    raft.wait(Some(Duration::from_secs(10)))
+        .applied_index_at_least(Some(last), "restored leader")
+        .await
+        .map(|_| ())
+        .map_err(|e| format!("the log found at restart is not applied yet: {e}"))
+}
+
+/// Serves read barriers. `restored` is the vote term and last log index found at start.
+///
+/// The committed log id is stored without an fsync of its own, so after a crash it may be
+/// older than what was acknowledged. openraft restores a member that was leader as leader of
+/// the same term, and its read index could then stop short of an acknowledged write. While
+/// the term is still the restored one, a barrier therefore also waits until everything that
+/// was in the log at start is applied (a leader never truncates its own log, so that happens
+/// as soon as the entries commit). A new term starts with a new entry after the whole log,
+/// which covers it.
 async fn run_read_barrier(
     group: GroupId,
     raft: Raft,
+    restored: (u64, Option<u64>),
     mut rx: mpsc::UnboundedReceiver<oneshot::Sender<Result<()>>>,
     shutdown: CancellationToken,
 ) {
@@ -245,21 +270,23 @@ async fn run_read_barrier(
         while let Ok(more) = rx.try_recv() {
             waiting.push(more);
         }
-        let result = raft.ensure_linearizable().await;
-        for w in waiting {
-            let _ = w.send(match &result {
-                Ok(_) => Ok(()),
-                Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => {
-                    Err(Error::NotLeader {
-                        group,
-                        leader: f.leader_id,
-                    })
-                }
-                Err(e) => Err(Error::Unavailable {
+        let outcome: Result<()> = match raft.ensure_linearizable().await {
+            Ok(_) => restored_applied(&raft, restored)
+                .await
+                .map_err(|message| Error::Unavailable { group, message }),
+            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => {
+                Err(Error::NotLeader {
                     group,
-                    message: e.to_string(),
-                }),
-            });
+                    leader: f.leader_id,
+                })
+            }
+            Err(e) => Err(Error::Unavailable {
+                group,
+                message: e.to_string(),
+            }),
+        };
+        for w in waiting {
+            let _ = w.send(outcome.clone());
         }
     }
 }

@@ -5,9 +5,11 @@
 //! - [`group`]: one Raft group with its write batcher and read barrier
 //! - [`bootstrap`]: first start (metadata group, partition table) and partition creation
 //! - [`liveness`]: member pings, coalesced heartbeats and elections for all groups
+//! - [`expiry`]: the TTL sweeper of partition leaders
 //! - [`meta`], [`placement`]: the replicated metadata and where replicas go
 
 pub mod bootstrap;
+pub mod expiry;
 pub mod grid;
 pub mod group;
 pub mod liveness;

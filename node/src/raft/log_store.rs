@@ -38,6 +38,20 @@ impl LogStore {
         self.committed.clone()
     }
 
+    /// The vote's term and the last log index found in storage, before the group starts.
+    pub fn startup_position(&self) -> crate::Result<(u64, Option<u64>)> {
+        let vote: Option<Vote<NodeId>> = self
+            .read_state(StateKey::Vote)
+            .map_err(|e| crate::Error::Storage(e.to_string()))?;
+        let last = self
+            .last_entry_id()
+            .map_err(|e| crate::Error::Storage(e.to_string()))?;
+        Ok((
+            vote.map_or(0, |v| v.leader_id().term),
+            last.map(|l| l.index),
+        ))
+    }
+
     fn log_key(&self, index: u64) -> Vec<u8> {
         group_key(self.group, &index.to_be_bytes())
     }
@@ -168,16 +182,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         if let Some(c) = committed {
             self.committed.store(c.index, Ordering::Relaxed);
         }
-        self.write_state(StateKey::Committed, &committed)?;
-        // Durable before anything is applied: a leader restored after a crash computes its
-        // read index from the committed id it finds, and a stale one would let a linearizable
-        // read miss an acknowledged write. The flusher shares this fsync with other groups.
-        self.st
-            .flusher
-            .flush()
-            .await
-            .map_err(|e| StorageIOError::write(any_error(e)))?;
-        Ok(())
+        // Not flushed: that would put a second fsync on every write's path. A committed id
+        // lost in a crash only matters to a leader restored in the same term, and the read
+        // barrier covers that case (see `cluster::group`).
+        self.write_state(StateKey::Committed, &committed)
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId<NodeId>>, StorageError> {

@@ -8,7 +8,7 @@
 //! | --- | --- | --- |
 //! | `raft_log` | log index (u64 BE) | msgpack `Entry` |
 //! | `raft_state` | [`StateKey`] byte | vote, committed log id, last purged log id |
-//! | `state_machine` | `0x00` applied state, `0x01 map 0x00 key` map entries, `0x02` metadata state | msgpack |
+//! | `state_machine` | `0x00` applied state, `0x01 map 0x00 key` map entries, `0x02` metadata state, `0x03 expiry key` TTL index | msgpack |
 //! | `snapshots` | (none) | the group's latest snapshot: metadata and data |
 //!
 //! Durability: log appends and votes are made durable by one [`Flusher`] per member that
@@ -48,6 +48,8 @@ pub mod sm_space {
     pub const MAP: u8 = 0x01;
     /// The metadata group's state (members, partition table).
     pub const META: u8 = 0x02;
+    /// Expiry index of map entries: `expires_at_ms (u64 BE) entry key`, empty values.
+    pub const EXPIRY: u8 = 0x03;
 }
 
 /// A member's sled database and the trees every group shares.

@@ -178,6 +178,35 @@ pub fn read(view: &Overlay<'_>, map: &str, key: &str, now_ms: u64) -> Result<Opt
     })
 }
 
+/// Up to `limit` entries of partition `group` whose expiry is at or before `now_ms`, as
+/// `Expire` operations (read from the expiry index, not by scanning the data).
+pub fn due_expiries(
+    tree: &sled::Tree,
+    group: u32,
+    now_ms: u64,
+    limit: usize,
+) -> Result<Vec<MapOp>> {
+    let from = crate::storage::group_key(group, &[sm_space::EXPIRY]);
+    let to = crate::storage::group_key(group, &expiry_key(now_ms, &[0xff]));
+    let view = Overlay::new(tree, group);
+    let mut ops = Vec::new();
+    for item in tree.range(from..to).take(limit) {
+        let (k, _) = item?;
+        let Some((map, key)) = split_entry_key(&k[4 + 9..]) else {
+            continue;
+        };
+        if let Some(bytes) = view.get(&entry_key(&map, &key))? {
+            let r: Record = decode(&bytes)?;
+            ops.push(MapOp::Expire {
+                map,
+                key,
+                version: r.version,
+            });
+        }
+    }
+    Ok(ops)
+}
+
 /// Applies one batch; `revision` is the partition's revision counter.
 pub fn apply_batch(
     view: &mut Overlay<'_>,
@@ -200,14 +229,40 @@ fn version_ok(if_version: Option<u64>, current: Option<&Record>) -> bool {
     }
 }
 
+/// Key suffix of an entry in the expiry index: `0x03 expires_at_ms(BE) entry_key`.
+pub fn expiry_key(expires_at_ms: u64, entry_key: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(9 + entry_key.len());
+    k.push(sm_space::EXPIRY);
+    k.extend_from_slice(&expires_at_ms.to_be_bytes());
+    k.extend_from_slice(entry_key);
+    k
+}
+
+/// Removes the entry at `k` (whose stored record is `old`).
+fn remove(view: &mut Overlay<'_>, revision: &mut u64, k: &[u8], old: &Record) {
+    *revision += 1;
+    if let Some(t) = old.expires_at_ms {
+        view.remove(&expiry_key(t, k));
+    }
+    view.remove(k);
+}
+
+/// Writes the entry at `k`, replacing `old` (expired or not), and keeps the expiry index.
 fn write(
     view: &mut Overlay<'_>,
     revision: &mut u64,
     k: &[u8],
+    old: Option<&Record>,
     value: String,
     expires_at_ms: Option<u64>,
 ) -> Result<u64> {
     *revision += 1;
+    if let Some(t) = old.and_then(|r| r.expires_at_ms) {
+        view.remove(&expiry_key(t, k));
+    }
+    if let Some(t) = expires_at_ms {
+        view.put(&expiry_key(t, k), Vec::new());
+    }
     let record = Record {
         value,
         version: *revision,
@@ -220,7 +275,9 @@ fn write(
 fn apply_op(view: &mut Overlay<'_>, revision: &mut u64, now: u64, op: &MapOp) -> Result<OpOutcome> {
     let (map, key) = op.target();
     let k = entry_key(map, key);
-    let current = read(view, map, key, now)?;
+    // `raw` may be expired but still stored; `current` is what clients see.
+    let raw: Option<Record> = view.get(&k)?.map(|b| decode(&b)).transpose()?;
+    let current = raw.clone().filter(|r| !r.expired(now));
     Ok(match op {
         MapOp::Put {
             value,
@@ -234,7 +291,7 @@ fn apply_op(view: &mut Overlay<'_>, revision: &mut u64, now: u64, op: &MapOp) ->
                 });
             }
             let expires = ttl_ms.map(|t| now.saturating_add(t));
-            let version = write(view, revision, &k, value.clone(), expires)?;
+            let version = write(view, revision, &k, raw.as_ref(), value.clone(), expires)?;
             OpOutcome::Written {
                 version,
                 value: None,
@@ -249,8 +306,7 @@ fn apply_op(view: &mut Overlay<'_>, revision: &mut u64, now: u64, op: &MapOp) ->
                 current: Some(r.version),
             },
             Some(r) => {
-                *revision += 1;
-                view.remove(&k);
+                remove(view, revision, &k, &r);
                 OpOutcome::Deleted { version: r.version }
             }
         },
@@ -285,7 +341,7 @@ fn apply_op(view: &mut Overlay<'_>, revision: &mut u64, now: u64, op: &MapOp) ->
                         });
                     }
                     let expires = current.and_then(|r| r.expires_at_ms);
-                    let version = write(view, revision, &k, text.clone(), expires)?;
+                    let version = write(view, revision, &k, raw.as_ref(), text.clone(), expires)?;
                     OpOutcome::Written {
                         version,
                         value: Some(text),
@@ -297,18 +353,13 @@ fn apply_op(view: &mut Overlay<'_>, revision: &mut u64, now: u64, op: &MapOp) ->
                 },
             }
         }
-        MapOp::Expire { version, .. } => {
-            // `read` hides expired entries, so look at the raw record.
-            let raw: Option<Record> = view.get(&k)?.map(|b| decode(&b)).transpose()?;
-            match raw {
-                Some(r) if r.version == *version && r.expired(now) => {
-                    *revision += 1;
-                    view.remove(&k);
-                    OpOutcome::Deleted { version: r.version }
-                }
-                _ => OpOutcome::NotFound,
+        MapOp::Expire { version, .. } => match raw {
+            Some(r) if r.version == *version && r.expired(now) => {
+                remove(view, revision, &k, &r);
+                OpOutcome::Deleted { version: r.version }
             }
-        }
+            _ => OpOutcome::NotFound,
+        },
     })
 }
 
@@ -487,6 +538,45 @@ mod tests {
         assert!(
             matches!(&out[0], OpOutcome::Failed { code, .. } if code == "unreadable_value"),
             "{out:?}"
+        );
+    }
+
+    #[test]
+    fn expiry_index_follows_writes_and_deletes() {
+        let t = tree();
+        let mut rev = 0;
+        run(
+            &t,
+            &mut rev,
+            1_000,
+            vec![
+                put("a", "1", None, Some(100)),
+                put("b", "1", None, Some(5_000)),
+            ],
+        );
+        run(&t, &mut rev, 1_000, vec![put("b", "2", None, Some(200))]); // re-armed earlier
+        run(
+            &t,
+            &mut rev,
+            1_000,
+            vec![put("c", "1", None, Some(100)), put("c", "2", None, None)],
+        ); // TTL dropped
+        let due = due_expiries(&t, 7, 1_300, 10).expect("due");
+        let keys: Vec<&str> = due.iter().map(|o| o.target().1).collect();
+        assert_eq!(keys, vec!["a", "b"]);
+        assert!(due_expiries(&t, 7, 1_050, 10).expect("due").is_empty());
+        run(&t, &mut rev, 1_300, due);
+        assert!(
+            due_expiries(&t, 7, u64::MAX - 1, 10)
+                .expect("due")
+                .is_empty(),
+            "index emptied"
+        );
+        assert_eq!(
+            read(&Overlay::new(&t, 7), "devices", "c", 2_000)
+                .expect("read")
+                .map(|r| r.value),
+            Some("2".into())
         );
     }
 

@@ -1,0 +1,46 @@
+# DeviceGrid entry points. `make run` and `make test` are all a new machine needs.
+
+CARGO ?= cargo
+DATA_DIR ?= .devicegrid
+BASE_PORT ?= 7001
+NODES ?= 3
+
+.PHONY: run test lint fmt toolchain build release bench clean
+
+## run: build and start a local 3-member grid on 127.0.0.1:7001-7003 (data in ./.devicegrid)
+run: release
+	./target/release/devicegrid dev --nodes $(NODES) --data-dir $(DATA_DIR) --base-port $(BASE_PORT)
+
+## test: formatting, lints and every test (unit, storage suite, multi-process cluster tests)
+test: toolchain lint
+	$(CARGO) test --workspace --all-targets
+	$(CARGO) test --workspace --doc
+
+lint: toolchain
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+fmt:
+	$(CARGO) fmt --all
+
+# The Rust toolchain comes with the machine; rustfmt and clippy are checked, not assumed.
+toolchain:
+	@command -v $(CARGO) >/dev/null || { echo "cargo not found: install Rust (https://rustup.rs)" >&2; exit 1; }
+	@$(CARGO) fmt --version >/dev/null 2>&1 || rustup component add rustfmt
+	@$(CARGO) clippy --version >/dev/null 2>&1 || rustup component add clippy
+
+build:
+	$(CARGO) build --workspace
+
+release:
+	$(CARGO) build --release -p devicegrid-node
+
+## bench: DeviceGrid vs etcd (3 members each, loopback); etcd is built once into .cache
+bench:
+	$(CARGO) build --release -p devicegrid-node -p devicegrid-bench
+	scripts/etcd-bin.sh >/dev/null
+	./target/release/dgbench --out bench-out
+
+clean:
+	$(CARGO) clean
+	rm -rf bench-out

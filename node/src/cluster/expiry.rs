@@ -1,0 +1,49 @@
+//! TTL sweeper. Reads treat expired entries as absent at once; this task makes the
+//! partition leader remove them for good, through Raft, using the expiry index (so it never
+//! scans the data).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::cluster::{now_ms, Grid};
+use crate::raft::GroupId;
+use crate::structures::map::{due_expiries, OpOutcome};
+
+/// Removals proposed per partition and round, at most.
+const PER_ROUND: usize = 256;
+
+/// Runs until shutdown.
+pub async fn run(grid: Arc<Grid>) {
+    let shutdown = grid.shutdown_token().clone();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        for g in grid.groups().into_iter().filter(|g| g.is_leader()) {
+            let GroupId::Partition(p) = g.id else {
+                continue;
+            };
+            match due_expiries(&grid.storage.state_machine, p, now_ms(), PER_ROUND) {
+                Ok(ops) if !ops.is_empty() => {
+                    // Outcomes do not matter: an entry rewritten meanwhile is left alone, and
+                    // a failed round is retried on the next tick.
+                    match g.propose(ops).await {
+                        Ok(outcomes) => {
+                            let n = outcomes
+                                .iter()
+                                .filter(|o| matches!(o, OpOutcome::Deleted { .. }))
+                                .count();
+                            grid.metrics.observe_expired(n as u64);
+                        }
+                        Err(e) => tracing::debug!(partition = p, error = %e, "expiry round failed"),
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(partition = p, error = %e, "reading the expiry index"),
+            }
+        }
+    }
+}
