@@ -78,6 +78,16 @@ async fn write_round(
     acked
 }
 
+/// Waits until `n` writes are acknowledged.
+async fn wait_progress(progress: &Arc<AtomicUsize>, n: usize, timeout: Duration) {
+    wait_for(timeout, &format!("{n} acknowledged writes"), || {
+        let p = progress.clone();
+        async move { p.load(Ordering::Relaxed) >= n }
+    })
+    .await
+    .expect("write progress");
+}
+
 /// Reads every device through random members and compares with what was acknowledged.
 async fn verify(grid: &TestGrid, expected: &HashMap<usize, u64>, stale_from: Option<u64>) {
     let mismatches = Arc::new(Mutex::new(Vec::new()));
@@ -145,27 +155,9 @@ async fn acknowledged_writes_survive_kill9_restart_and_full_restart() {
             1,
             progress.clone(),
         ));
-        wait_for(
-            Duration::from_secs(120),
-            "2,500 acknowledged writes",
-            || {
-                let p = progress.clone();
-                async move { p.load(Ordering::Relaxed) >= 2_500 }
-            },
-        )
-        .await
-        .expect("progress before the kill");
+        wait_progress(&progress, 2_500, Duration::from_secs(120)).await;
         grid.kill9(2);
-        wait_for(
-            Duration::from_secs(180),
-            "6,000 acknowledged writes with member 2 down",
-            || {
-                let p = progress.clone();
-                async move { p.load(Ordering::Relaxed) >= 6_000 }
-            },
-        )
-        .await
-        .expect("progress while a member is down");
+        wait_progress(&progress, 6_000, Duration::from_secs(180)).await;
         grid.spawn(2);
         let mut expected = writer.await.expect("round 1");
         assert_eq!(expected.len(), DEVICES);

@@ -15,6 +15,15 @@ use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 use tokio::process::{Child, Command};
 
+/// Prints a line to stdout, ignoring a closed pipe: losing the terminal must not take the
+/// supervisor (and with it every member) down.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 /// Flags of `devicegrid dev`.
 #[derive(clap::Args, Debug)]
 pub struct DevArgs {
@@ -126,7 +135,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             .spawn()
             .context("starting a member")?;
         let pid = child.id().unwrap_or_default();
-        println!("member {id} pid {pid} http://127.0.0.1:{}", port(id));
+        say!("member {id} pid {pid} http://127.0.0.1:{}", port(id));
         members.push(Member {
             id,
             port: port(id),
@@ -145,16 +154,16 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             args.data_dir.display()
         )));
     }
-    println!("ready");
+    say!("ready");
     let first = format!("http://127.0.0.1:{}", args.base_port);
-    println!("# try:");
-    println!(
+    say!("# try:");
+    say!(
         "#   curl -X PUT {first}/v1/maps/devices/dev-1 -d '{{\"model\":\"t1000\",\"fw\":\"1.0\"}}'"
     );
-    println!("#   curl {first}/v1/maps/devices/dev-1");
-    println!("#   curl -X POST {first}/v1/maps/devices/dev-1/process -d '{{\"processor\":\"shadow\",\"args\":{{\"state\":{{\"desired\":{{\"led\":\"on\"}}}}}}}}'");
-    println!("#   curl {first}/v1/cluster");
-    println!(
+    say!("#   curl {first}/v1/maps/devices/dev-1");
+    say!("#   curl -X POST {first}/v1/maps/devices/dev-1/process -d '{{\"processor\":\"shadow\",\"args\":{{\"state\":{{\"desired\":{{\"led\":\"on\"}}}}}}}}'");
+    say!("#   curl {first}/v1/cluster");
+    say!(
         "# logs: {}/member-<id>/member.log; Ctrl-C stops the grid",
         args.data_dir.display()
     );
@@ -212,15 +221,15 @@ async fn supervise(members: &mut [Member]) {
         };
         tokio::select! {
             _ = super::wait_for_signal() => {
-                println!("stopping");
+                say!("stopping");
                 stop_all(members).await;
-                println!("stopped");
+                say!("stopped");
                 return;
             }
             e = exited => match e {
-                Some((id, status)) => println!("member {id} exited: {status}"),
+                Some((id, status)) => say!("member {id} exited: {status}"),
                 None => {
-                    println!("every member has exited");
+                    say!("every member has exited");
                     return;
                 }
             },

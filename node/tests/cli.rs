@@ -1,0 +1,186 @@
+//! The `devicegrid` command line: `dev` resumes its grid, bad flags fail loudly.
+
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+/// A base port with `n` free consecutive ports after it.
+fn free_run(n: u16) -> u16 {
+    for _ in 0..200 {
+        let base = TcpListener::bind("127.0.0.1:0")
+            .expect("bind")
+            .local_addr()
+            .expect("addr")
+            .port();
+        if base > 65_000 {
+            continue;
+        }
+        let held: Vec<_> = (0..n)
+            .filter_map(|i| TcpListener::bind(("127.0.0.1", base + i)).ok())
+            .collect();
+        if held.len() == n as usize {
+            return base;
+        }
+    }
+    panic!("no run of {n} free ports");
+}
+
+/// Runs `devicegrid dev` until it prints `ready`; returns the child and the lines before it.
+fn start_dev(dir: &std::path::Path, base: u16) -> (std::process::Child, Vec<String>) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_devicegrid"))
+        .args([
+            "dev",
+            "--nodes",
+            "3",
+            "--partitions",
+            "8",
+            "--base-port",
+            &base.to_string(),
+        ])
+        .arg("--data-dir")
+        .arg(dir)
+        .env("RUST_LOG", "warn,openraft=error")
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn dev");
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let mut lines = Vec::new();
+    while Instant::now() < deadline {
+        match rx.recv_timeout(Duration::from_millis(200)) {
+            Ok(line) if line == "ready" => return (child, lines),
+            Ok(line) => lines.push(line),
+            Err(_) => {}
+        }
+    }
+    let _ = child.kill();
+    panic!("dev was not ready within 90 s; printed {lines:?}");
+}
+
+fn stop_dev(mut child: std::process::Child) {
+    kill(Pid::from_raw(child.id() as i32), Signal::SIGINT).expect("SIGINT");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            assert!(status.success(), "dev exited with {status}");
+            return;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("dev did not stop within 30 s of SIGINT");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn dev_runs_members_and_resumes_them_with_their_data() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let base = free_run(3);
+    let (child, lines) = start_dev(dir.path(), base);
+    for (i, line) in lines.iter().take(3).enumerate() {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        assert_eq!(f.len(), 5, "{line}");
+        assert_eq!(
+            (f[0], f[1], f[2]),
+            ("member", (i + 1).to_string().as_str(), "pid")
+        );
+        assert_eq!(f[4], format!("http://127.0.0.1:{}", base + i as u16));
+        assert!(f[3].parse::<u32>().is_ok(), "{line}");
+    }
+    let http = reqwest::blocking::Client::new();
+    let url = format!("http://127.0.0.1:{}/v1/maps/devices/dev-1", base + 1);
+    let r = http.put(&url).body(r#"{"fw":"2.0"}"#).send().expect("put");
+    assert_eq!(r.status(), 200);
+    stop_dev(child);
+    // Every member is gone once dev has exited.
+    assert!(
+        TcpListener::bind(("127.0.0.1", base)).is_ok(),
+        "member 1 still listens"
+    );
+
+    let (child, _) = start_dev(dir.path(), base);
+    let body: serde_json::Value = http.get(&url).send().expect("get").json().expect("json");
+    assert_eq!(body["value"]["fw"], "2.0", "{body}");
+    stop_dev(child);
+
+    // Another layout on the same directory is refused with a message.
+    let out = Command::new(env!("CARGO_BIN_EXE_devicegrid"))
+        .args(["dev", "--nodes", "5", "--base-port", &base.to_string()])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("same flags"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn bad_flags_fail_with_a_message() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cases: [(&[&str], &str); 5] = [
+        (
+            &["serve", "--partitions", "0"],
+            "partitions must be between",
+        ),
+        (
+            &[
+                "serve",
+                "--node-id",
+                "2",
+                "--initial-members",
+                "1=127.0.0.1:7001",
+            ],
+            "must include this member",
+        ),
+        (
+            &["serve", "--initial-members", "1=nohost"],
+            "is not host:port",
+        ),
+        (&["serve", "--listen", "not-an-address"], "invalid value"),
+        (&["dev", "--nodes", "0"], "--nodes must be between"),
+    ];
+    for (args, expected) in cases {
+        let out = Command::new(env!("CARGO_BIN_EXE_devicegrid"))
+            .args(args)
+            .env("DEVICEGRID_DATA_DIR", dir.path())
+            .output()
+            .expect("run");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} succeeded");
+        assert!(stderr.contains(expected), "{args:?}: {stderr}");
+    }
+    let help = Command::new(env!("CARGO_BIN_EXE_devicegrid"))
+        .args(["serve", "--help"])
+        .output()
+        .expect("help");
+    let text = String::from_utf8_lossy(&help.stdout);
+    for flag in [
+        "--node-id",
+        "--listen",
+        "--advertise",
+        "--data-dir",
+        "--initial-members",
+        "--partitions",
+        "--replication-factor",
+        "--config",
+    ] {
+        assert!(text.contains(flag), "--help lacks {flag}");
+    }
+}
