@@ -66,6 +66,7 @@ fn start_dev(dir: &std::path::Path, base: u16) -> (std::process::Child, Vec<Stri
         }
     }
     let _ = child.kill();
+    let _ = child.wait();
     panic!("dev was not ready within 90 s; printed {lines:?}");
 }
 
@@ -79,6 +80,7 @@ fn stop_dev(mut child: std::process::Child) {
         }
         if Instant::now() > deadline {
             let _ = child.kill();
+            let _ = child.wait();
             panic!("dev did not stop within 30 s of SIGINT");
         }
         std::thread::sleep(Duration::from_millis(50));
