@@ -43,6 +43,17 @@ pub enum Error {
         /// The leader this member knows of.
         leader: Option<u64>,
     },
+    /// The request did not reach a member that can serve it (the member is down, unknown, or
+    /// does not host the group). Nothing was applied; routing tries another replica.
+    #[error("member {member} cannot serve {group}: {message}")]
+    NotDelivered {
+        /// The group asked for.
+        group: GroupId,
+        /// The member tried.
+        member: u64,
+        /// Why.
+        message: String,
+    },
     /// The group has no quorum or no reachable leader right now; the client may retry.
     #[error("group {group} is unavailable: {message}")]
     Unavailable {
@@ -85,6 +96,7 @@ impl Error {
             Error::VersionMismatch { .. } => "version_mismatch",
             Error::ProcessorFailed { code, .. } => code,
             Error::NotLeader { .. } => "not_leader",
+            Error::NotDelivered { .. } => "unavailable",
             Error::Unavailable { .. } => "unavailable",
             Error::OutcomeUnknown { .. } => "outcome_unknown",
             Error::Storage(_) => "storage",

@@ -33,7 +33,9 @@ pub fn status_of(e: &Error) -> StatusCode {
         Error::NotFound(_) => StatusCode::NOT_FOUND,
         Error::VersionMismatch { .. } => StatusCode::PRECONDITION_FAILED,
         Error::ProcessorFailed { .. } => StatusCode::CONFLICT,
-        Error::NotLeader { .. } | Error::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+        Error::NotLeader { .. } | Error::NotDelivered { .. } | Error::Unavailable { .. } => {
+            StatusCode::SERVICE_UNAVAILABLE
+        }
         Error::OutcomeUnknown { .. } => StatusCode::GATEWAY_TIMEOUT,
         Error::Storage(_) | Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
     }
@@ -45,7 +47,7 @@ pub fn body_of(e: &Error) -> serde_json::Value {
     if let Error::VersionMismatch { current, .. } = e {
         inner["current_version"] = json!(current);
     }
-    if matches!(e, Error::NotLeader { .. } | Error::Unavailable { .. }) {
+    if status_of(e) == StatusCode::SERVICE_UNAVAILABLE {
         inner["retry_after_ms"] = json!(1000);
     }
     json!({ "error": inner })

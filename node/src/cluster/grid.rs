@@ -308,8 +308,8 @@ impl Grid {
                     last_error = format!("member {target} is not the leader (leader: {leader:?})");
                     leader.filter(|l| *l != target)
                 }
-                Err(Error::Unavailable { message, .. }) if message.starts_with(NOT_SENT) => {
-                    last_error = format!("member {target}: {message}");
+                Err(e @ Error::NotDelivered { .. }) => {
+                    last_error = e.to_string();
                     None
                 }
                 Err(e) => return Err(e),
@@ -338,9 +338,10 @@ impl Grid {
     async fn local_call(&self, p: u32, call: &Call) -> Result<Answer> {
         let group_id = GroupId::Partition(p);
         let Some(group) = self.group(group_id) else {
-            return Err(Error::Unavailable {
+            return Err(Error::NotDelivered {
                 group: group_id,
-                message: format!("{NOT_SENT} member {} does not host it", self.id),
+                member: self.id,
+                message: "it does not host the group".into(),
             });
         };
         // Without a majority of its voters no replica can commit or confirm leadership;
@@ -383,15 +384,17 @@ impl Grid {
     ) -> Result<Answer> {
         let group = GroupId::Partition(p);
         if self.uptime() > PEERS_KNOWN_AFTER && !self.liveness.alive(target) {
-            return Err(Error::Unavailable {
+            return Err(Error::NotDelivered {
                 group,
-                message: format!("{NOT_SENT} member {target} does not answer pings"),
+                member: target,
+                message: "it does not answer pings".into(),
             });
         }
         let Some(addr) = meta.addr(target) else {
-            return Err(Error::Unavailable {
+            return Err(Error::NotDelivered {
                 group,
-                message: format!("{NOT_SENT} member {target} is unknown"),
+                member: target,
+                message: "it is not a member".into(),
             });
         };
         let req = match call {
@@ -414,9 +417,10 @@ impl Grid {
             Ok(other) => Err(Error::Internal(format!(
                 "member {target} answered {other:?}"
             ))),
-            Err(TransportError::NotSent(m)) => Err(Error::Unavailable {
+            Err(TransportError::NotSent(message)) => Err(Error::NotDelivered {
                 group,
-                message: format!("{NOT_SENT} {m}"),
+                member: target,
+                message,
             }),
             Err(e) => Err(call.no_answer(group, format!("member {target}: {e}"))),
         }
@@ -627,9 +631,6 @@ impl Grid {
 
 /// After this long, liveness has pinged every peer, and a member it calls down is skipped.
 const PEERS_KNOWN_AFTER: Duration = Duration::from_secs(3);
-
-/// Marks errors raised before a request left this member (safe to send elsewhere).
-const NOT_SENT: &str = "not sent:";
 
 async fn open_group(
     config: &Config,

@@ -105,6 +105,11 @@ pub enum WireError {
         /// Best known leader.
         leader: Option<NodeId>,
     },
+    /// The member does not host the group; nothing was applied.
+    NotHosted {
+        /// The member that answered.
+        member: NodeId,
+    },
     /// No quorum or no leader; nothing was applied.
     Unavailable(String),
     /// A write may or may not have been applied.
@@ -118,6 +123,7 @@ impl WireError {
     pub fn from_error(e: crate::Error) -> Self {
         match e {
             crate::Error::NotLeader { leader, .. } => WireError::NotLeader { leader },
+            crate::Error::NotDelivered { member, .. } => WireError::NotHosted { member },
             crate::Error::Unavailable { message, .. } => WireError::Unavailable(message),
             crate::Error::OutcomeUnknown { message, .. } => WireError::OutcomeUnknown(message),
             other => WireError::Other(other.to_string()),
@@ -128,6 +134,11 @@ impl WireError {
     pub fn into_error(self, group: GroupId) -> crate::Error {
         match self {
             WireError::NotLeader { leader } => crate::Error::NotLeader { group, leader },
+            WireError::NotHosted { member } => crate::Error::NotDelivered {
+                group,
+                member,
+                message: "it does not host the group".into(),
+            },
             WireError::Unavailable(message) => crate::Error::Unavailable { group, message },
             WireError::OutcomeUnknown(message) => crate::Error::OutcomeUnknown { group, message },
             WireError::Other(m) => crate::Error::Internal(m),
