@@ -113,10 +113,20 @@ fn dev_runs_members_and_resumes_them_with_their_data() {
         "member 1 still listens"
     );
 
-    let (child, _) = start_dev(dir.path(), base);
+    let (mut child, _) = start_dev(dir.path(), base);
     let body: serde_json::Value = http.get(&url).send().expect("get").json().expect("json");
     assert_eq!(body["value"]["fw"], "2.0", "{body}");
-    stop_dev(child);
+    // Killing the supervisor outright takes its members down too.
+    child.kill().expect("SIGKILL dev");
+    child.wait().expect("reap dev");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while (0..3).any(|i| TcpListener::bind(("127.0.0.1", base + i)).is_err()) {
+        assert!(
+            Instant::now() < deadline,
+            "members outlived a killed dev supervisor"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 
     // Another layout on the same directory is refused with a message.
     let out = Command::new(env!("CARGO_BIN_EXE_devicegrid"))

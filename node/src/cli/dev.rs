@@ -128,6 +128,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             .args(["--initial-members", &seeds.join(",")])
             .args(["--partitions", &args.partitions.to_string()])
             .args(["--replication-factor", &args.replication_factor.to_string()])
+            .args(["--parent-pid", &std::process::id().to_string()])
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -161,7 +162,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         "#   curl -X PUT {first}/v1/maps/devices/dev-1 -d '{{\"model\":\"t1000\",\"fw\":\"1.0\"}}'"
     );
     say!("#   curl {first}/v1/maps/devices/dev-1");
-    say!("#   curl -X POST {first}/v1/maps/devices/dev-1/process -d '{{\"processor\":\"shadow\",\"args\":{{\"state\":{{\"desired\":{{\"led\":\"on\"}}}}}}}}'");
+    say!("#   curl -X POST {first}/v1/maps/shadows/dev-1/process -d '{{\"processor\":\"shadow\",\"args\":{{\"state\":{{\"desired\":{{\"led\":\"on\"}}}}}}}}'");
     say!("#   curl {first}/v1/cluster");
     say!(
         "# logs: {}/member-<id>/member.log; Ctrl-C stops the grid",

@@ -72,6 +72,9 @@ struct ServeArgs {
     /// A group snapshots and drops its log after this many entries [default: 10000].
     #[arg(long, env = "DEVICEGRID_SNAPSHOT_AFTER_LOGS")]
     snapshot_after_logs: Option<u64>,
+    /// Stop (SIGTERM) when the process with this pid, our parent, exits. Set by `dev`.
+    #[arg(long, hide = true)]
+    parent_pid: Option<u32>,
 }
 
 impl ServeArgs {
@@ -136,7 +139,12 @@ pub fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Serve(args) => serve(args.into_config()?).await,
+            Command::Serve(args) => {
+                if let Some(pid) = args.parent_pid {
+                    exit_with_parent(pid)?;
+                }
+                serve(args.into_config()?).await
+            }
             Command::Dev(args) => dev::run(args).await,
         }
     });
@@ -165,6 +173,18 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         .context("HTTP server task")?
         .context("HTTP server")?;
     tracing::info!("stopped");
+    Ok(())
+}
+
+/// Asks the kernel for SIGTERM when the parent exits, so members of a `dev` grid never
+/// outlive their supervisor, even when it is killed.
+fn exit_with_parent(parent: u32) -> anyhow::Result<()> {
+    nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGTERM)
+        .context("prctl(PR_SET_PDEATHSIG)")?;
+    // The parent may have exited before the request took effect.
+    if nix::unistd::getppid().as_raw() as u32 != parent {
+        anyhow::bail!("parent process {parent} is gone");
+    }
     Ok(())
 }
 
