@@ -30,15 +30,19 @@ pub async fn run(grid: Arc<Grid>) {
                 Ok(ops) if !ops.is_empty() => {
                     // Outcomes do not matter: an entry rewritten meanwhile is left alone, and
                     // a failed round is retried on the next tick.
-                    match g.propose(ops).await {
-                        Ok(outcomes) => {
+                    // Bounded: a leader cut off from its majority must not stall the others.
+                    match tokio::time::timeout(Duration::from_secs(5), g.propose(ops)).await {
+                        Err(_) => tracing::debug!(partition = p, "expiry round timed out"),
+                        Ok(Err(e)) => {
+                            tracing::debug!(partition = p, error = %e, "expiry round failed")
+                        }
+                        Ok(Ok(outcomes)) => {
                             let n = outcomes
                                 .iter()
                                 .filter(|o| matches!(o, OpOutcome::Deleted { .. }))
                                 .count();
                             grid.metrics.observe_expired(n as u64);
                         }
-                        Err(e) => tracing::debug!(partition = p, error = %e, "expiry round failed"),
                     }
                 }
                 Ok(_) => {}

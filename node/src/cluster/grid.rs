@@ -643,13 +643,19 @@ async fn open_group(
 ) -> Result<Arc<Group>> {
     let log = LogStore::new(storage.clone(), id.to_key());
     let committed = log.committed_index();
-    let restored = log.startup_position()?;
+    let restored_term = log.stored_term()?;
     let sm = StateMachineStore::open(storage.clone(), id, meta_tx)?;
     let network = NetworkFactory::new(id, transport.clone());
     let raft = Raft::new(config.node_id, raft_config.clone(), network, log, sm)
         .await
         .map_err(|e| Error::Internal(format!("start {id}: {e}")))?;
-    Ok(Group::new(id, raft, committed, restored, shutdown.clone()))
+    Ok(Group::new(
+        id,
+        raft,
+        committed,
+        restored_term,
+        shutdown.clone(),
+    ))
 }
 
 /// `GET /v1/cluster`.

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use openraft::error::{CheckIsLeaderError, RaftError};
+use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
 use openraft::ServerState;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio_util::sync::CancellationToken;
@@ -62,13 +62,19 @@ impl Group {
         id: GroupId,
         raft: Raft,
         committed: Arc<AtomicU64>,
-        restored: (u64, Option<u64>),
+        restored_term: u64,
         shutdown: CancellationToken,
     ) -> Arc<Self> {
         let (ptx, prx) = mpsc::unbounded_channel();
         let (rtx, rrx) = mpsc::unbounded_channel();
         tokio::spawn(run_proposer(id, raft.clone(), prx, shutdown.clone()));
-        tokio::spawn(run_read_barrier(id, raft.clone(), restored, rrx, shutdown));
+        tokio::spawn(run_read_barrier(
+            id,
+            raft.clone(),
+            restored_term,
+            rrx,
+            shutdown,
+        ));
         Arc::new(Group {
             id,
             raft,
@@ -82,7 +88,27 @@ impl Group {
 
     /// Replicates `ops` in one entry (possibly with other callers' ops) and returns their
     /// outcomes. `NotLeader` means the ops were not committed and may be sent elsewhere.
+    ///
+    /// Ops beyond `MAX_ENTRY_BYTES` go in several entries, one after the other; if a later
+    /// one fails, earlier ones are applied, so the failure is reported as `OutcomeUnknown`.
     pub async fn propose(&self, ops: Vec<MapOp>) -> Result<Vec<OpOutcome>> {
+        let mut outcomes = Vec::with_capacity(ops.len());
+        for (i, chunk) in chunk_by_bytes(ops).into_iter().enumerate() {
+            match self.propose_entry(chunk).await {
+                Ok(o) => outcomes.extend(o),
+                Err(e) if i == 0 => return Err(e),
+                Err(e) => {
+                    return Err(Error::OutcomeUnknown {
+                        group: self.id,
+                        message: format!("part of the operations were applied, then: {e}"),
+                    })
+                }
+            }
+        }
+        Ok(outcomes)
+    }
+
+    async fn propose_entry(&self, ops: Vec<MapOp>) -> Result<Vec<OpOutcome>> {
         let (tx, rx) = oneshot::channel();
         self.proposals
             .send(Proposal { ops, reply: tx })
@@ -90,9 +116,10 @@ impl Group {
                 group: self.id,
                 message: "member is stopping".into(),
             })?;
-        rx.await.map_err(|_| Error::Unavailable {
+        // Queued: from here on the entry may be proposed, so losing the answer is ambiguous.
+        rx.await.map_err(|_| Error::OutcomeUnknown {
             group: self.id,
-            message: "member is stopping".into(),
+            message: "member stopped while replicating".into(),
         })?
     }
 
@@ -131,10 +158,30 @@ fn op_bytes(op: &MapOp) -> usize {
     let (map, key) = op.target();
     let body = match op {
         MapOp::Put { value, .. } => value.len(),
-        MapOp::Process { .. } => 512,
+        MapOp::Process { processor, .. } => {
+            rmp_serde::to_vec(processor).map_or(MAX_ENTRY_BYTES, |b| b.len())
+        }
         MapOp::Delete { .. } | MapOp::Expire { .. } => 0,
     };
     64 + map.len() + key.len() + body
+}
+
+/// Splits `ops` into runs of at most `MAX_ENTRY_BYTES` (a larger single op runs alone).
+fn chunk_by_bytes(ops: Vec<MapOp>) -> Vec<Vec<MapOp>> {
+    let mut chunks = vec![Vec::new()];
+    let mut bytes = 0;
+    for op in ops {
+        let b = op_bytes(&op);
+        if bytes + b > MAX_ENTRY_BYTES && chunks.last().is_some_and(|c| !c.is_empty()) {
+            chunks.push(Vec::new());
+            bytes = 0;
+        }
+        bytes += b;
+        if let Some(c) = chunks.last_mut() {
+            c.push(op);
+        }
+    }
+    chunks
 }
 
 /// Answers every proposal of a batch with the same error.
@@ -189,10 +236,14 @@ async fn run_proposer(
                 batch.into_iter().map(|p| (p.ops, p.reply)).unzip();
             // Only a refusal before proposing is safe to retry elsewhere. Once proposed, an
             // entry that loses its leader may still be committed by the next one.
-            let (state, leader) = {
+            let (state, leader, voters) = {
                 let m = raft.metrics();
                 let m = m.borrow();
-                (m.state, m.current_leader)
+                (
+                    m.state,
+                    m.current_leader,
+                    m.membership_config.voter_ids().count(),
+                )
             };
             if state != ServerState::Leader {
                 fail_all(replies, || Error::NotLeader { group, leader });
@@ -219,6 +270,16 @@ async fn run_proposer(
                         let _ = reply.send(Ok(it.by_ref().take(n).collect()));
                     }
                 }
+                // openraft answers ForwardToLeader before appending, or when the entry was
+                // truncated. A truncated entry cannot be committed later when a group has at
+                // most 4 voters (the new leader's log has replaced it on a majority); with 5 or
+                // more it can, so there it is ambiguous.
+                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) if voters <= 4 => {
+                    fail_all(replies, || Error::NotLeader {
+                        group,
+                        leader: f.leader_id,
+                    });
+                }
                 Err(e) => {
                     let message = e.to_string();
                     fail_all(replies, || Error::OutcomeUnknown {
@@ -231,36 +292,54 @@ async fn run_proposer(
     }
 }
 
-/// See [`run_read_barrier`]: waits, in the restored term only, until the log found at start
-/// is applied.
-async fn restored_applied(raft: &Raft, (term, last): (u64, Option<u64>)) -> Result<(), String> {
-    let Some(last) = last else { return Ok(()) };
-    if raft.metrics().borrow().current_term != term {
+/// How long one leadership check may take before the waiting reads fail.
+const READ_BARRIER_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// See [`run_read_barrier`]: while the term is still the one restored at start, commits an
+/// empty entry of that term, which commits (and applies) the whole log found at start. Done
+/// once; `term_before` is read before the leadership check so a term change in between
+/// cannot skip it.
+async fn settle_restored_term(
+    raft: &Raft,
+    restored_term: u64,
+    term_before: u64,
+    settled: &mut bool,
+) -> Result<(), String> {
+    if *settled || restored_term == 0 || term_before != restored_term {
+        *settled = *settled || term_before > restored_term;
         return Ok(());
     }
-    raft.wait(Some(Duration::from_secs(10)))
-        .applied_index_at_least(Some(last), "restored leader")
-        .await
-        .map(|_| ())
-        .map_err(|e| format!("the log found at restart is not applied yet: {e}"))
+    let empty = Request::Map(MapBatch {
+        now_ms: now_ms(),
+        ops: Vec::new(),
+    });
+    match tokio::time::timeout(READ_BARRIER_TIMEOUT, raft.client_write(empty)).await {
+        Ok(Ok(_)) => {
+            *settled = true;
+            Ok(())
+        }
+        Ok(Err(e)) => Err(format!("committing the restored log: {e}")),
+        Err(_) => Err("committing the restored log timed out".into()),
+    }
 }
 
-/// Serves read barriers. `restored` is the vote term and last log index found at start.
+/// Serves read barriers. `restored_term` is the vote's term found in storage at start.
 ///
 /// The committed log id is stored without an fsync of its own, so after a crash it may be
 /// older than what was acknowledged. openraft restores a member that was leader as leader of
-/// the same term, and its read index could then stop short of an acknowledged write. While
-/// the term is still the restored one, a barrier therefore also waits until everything that
-/// was in the log at start is applied (a leader never truncates its own log, so that happens
-/// as soon as the entries commit). A new term starts with a new entry after the whole log,
-/// which covers it.
+/// the same term, without a new entry, and its read index could then stop short of an
+/// acknowledged write. While the term is still the restored one, the first barrier therefore
+/// commits an empty entry of that term, which commits the whole log (a leader never
+/// truncates its own). A new term starts with a new entry after the whole log, which covers
+/// it the same way.
 async fn run_read_barrier(
     group: GroupId,
     raft: Raft,
-    restored: (u64, Option<u64>),
+    restored_term: u64,
     mut rx: mpsc::UnboundedReceiver<oneshot::Sender<Result<()>>>,
     shutdown: CancellationToken,
 ) {
+    let mut settled = false;
     loop {
         let first = tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -270,17 +349,23 @@ async fn run_read_barrier(
         while let Ok(more) = rx.try_recv() {
             waiting.push(more);
         }
-        let outcome: Result<()> = match raft.ensure_linearizable().await {
-            Ok(_) => restored_applied(&raft, restored)
+        let term_before = raft.metrics().borrow().current_term;
+        let check = tokio::time::timeout(READ_BARRIER_TIMEOUT, raft.ensure_linearizable()).await;
+        let outcome: Result<()> = match check {
+            Err(_) => Err(Error::Unavailable {
+                group,
+                message: format!("leadership not confirmed within {READ_BARRIER_TIMEOUT:?}"),
+            }),
+            Ok(Ok(_)) => settle_restored_term(&raft, restored_term, term_before, &mut settled)
                 .await
                 .map_err(|message| Error::Unavailable { group, message }),
-            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => {
+            Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f)))) => {
                 Err(Error::NotLeader {
                     group,
                     leader: f.leader_id,
                 })
             }
-            Err(e) => Err(Error::Unavailable {
+            Ok(Err(e)) => Err(Error::Unavailable {
                 group,
                 message: e.to_string(),
             }),
@@ -288,5 +373,41 @@ async fn run_read_barrier(
         for w in waiting {
             let _ = w.send(outcome.clone());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn put(i: usize, size: usize) -> MapOp {
+        MapOp::Put {
+            map: "m".into(),
+            key: format!("k{i}"),
+            value: "x".repeat(size),
+            if_version: None,
+            ttl_ms: None,
+        }
+    }
+
+    #[test]
+    fn large_proposals_split_into_bounded_entries_in_order() {
+        let ops: Vec<MapOp> = (0..10).map(|i| put(i, 300 * 1024)).collect();
+        let chunks = chunk_by_bytes(ops.clone());
+        assert_eq!(
+            chunks.iter().map(Vec::len).collect::<Vec<_>>(),
+            vec![3, 3, 3, 1]
+        );
+        assert!(chunks
+            .iter()
+            .all(|c| c.iter().map(op_bytes).sum::<usize>() <= MAX_ENTRY_BYTES));
+        assert_eq!(chunks.concat(), ops);
+        // An operation over the cap travels alone; small ones stay together.
+        let chunks = chunk_by_bytes(vec![put(0, 10), put(1, 2 * MAX_ENTRY_BYTES), put(2, 10)]);
+        assert_eq!(
+            chunks.iter().map(Vec::len).collect::<Vec<_>>(),
+            vec![1, 1, 1]
+        );
+        assert_eq!(chunk_by_bytes(vec![put(0, 10), put(1, 10)]).len(), 1);
     }
 }

@@ -38,18 +38,12 @@ impl LogStore {
         self.committed.clone()
     }
 
-    /// The vote's term and the last log index found in storage, before the group starts.
-    pub fn startup_position(&self) -> crate::Result<(u64, Option<u64>)> {
+    /// The vote's term found in storage (0: none), read before the group starts.
+    pub fn stored_term(&self) -> crate::Result<u64> {
         let vote: Option<Vote<NodeId>> = self
             .read_state(StateKey::Vote)
             .map_err(|e| crate::Error::Storage(e.to_string()))?;
-        let last = self
-            .last_entry_id()
-            .map_err(|e| crate::Error::Storage(e.to_string()))?;
-        Ok((
-            vote.map_or(0, |v| v.leader_id().term),
-            last.map(|l| l.index),
-        ))
+        Ok(vote.map_or(0, |v| v.leader_id().term))
     }
 
     fn log_key(&self, index: u64) -> Vec<u8> {

@@ -190,7 +190,10 @@ pub fn due_expiries(
     let to = crate::storage::group_key(group, &expiry_key(now_ms, &[0xff]));
     let view = Overlay::new(tree, group);
     let mut ops = Vec::new();
-    for item in tree.range(from..to).take(limit) {
+    for item in tree.range(from..to) {
+        if ops.len() >= limit {
+            break;
+        }
         let (k, _) = item?;
         let Some((map, key)) = split_entry_key(&k[4 + 9..]) else {
             continue;
