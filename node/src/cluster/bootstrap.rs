@@ -90,6 +90,7 @@ pub async fn run(grid: Arc<Grid>) {
     let mut meta_rx = grid.meta_watch();
     let mut seeds = grid.config.seeds();
     seeds.sort_by_key(|s| s.id);
+    let mut waiting = false;
     loop {
         let meta = grid.meta_state();
         if !meta.bootstrapped() {
@@ -97,14 +98,18 @@ pub async fn run(grid: Arc<Grid>) {
                 tracing::debug!(error = %e, "bootstrap not done yet");
             }
         } else {
-            if let Err(e) = host_partitions(&grid, &meta).await {
-                tracing::warn!(error = %e, "opening partitions failed");
+            match host_partitions(&grid, &meta).await {
+                Ok(w) => waiting = w,
+                Err(e) => {
+                    waiting = true;
+                    tracing::warn!(error = %e, "opening partitions failed");
+                }
             }
             if let Err(e) = add_meta_learners(&grid, &meta).await {
                 tracing::debug!(error = %e, "metadata learners not added yet");
             }
         }
-        let wait = if meta.bootstrapped() {
+        let wait = if meta.bootstrapped() && !waiting {
             Duration::from_secs(5)
         } else {
             Duration::from_millis(300)
@@ -152,22 +157,33 @@ async fn try_bootstrap(grid: &Grid, seeds: &[Seed]) -> Result<()> {
     Ok(())
 }
 
-async fn host_partitions(grid: &Grid, meta: &MetaState) -> Result<()> {
+/// Opens the groups of the partitions this member holds and initializes those it is the
+/// first replica of. Returns whether some group still waits to be initialized.
+async fn host_partitions(grid: &Grid, meta: &MetaState) -> Result<bool> {
+    let mut waiting = false;
     for p in 0..meta.partition_count {
         let replicas = meta.replicas(p);
         if !replicas.contains(&grid.id) {
             continue;
         }
         let (group, _) = grid.host_partition(p).await?;
-        // Retried on every pass until it succeeds (the first attempt fails when the other
-        // replicas are not up yet).
+        // Initialized once a majority of the replicas host the group (they reported having
+        // the partition table); an election before that only collects refusals. Retried on
+        // every pass until it succeeds.
         if replicas.first() == Some(&grid.id) {
             let initialized = group
                 .raft
                 .is_initialized()
                 .await
                 .map_err(|e| Error::Internal(e.to_string()))?;
-            if !initialized {
+            let hosting = replicas
+                .iter()
+                .filter(|id| **id == grid.id || grid.liveness.bootstrapped(**id))
+                .count();
+            let others_ready = hosting * 2 > replicas.len();
+            if !initialized && !others_ready {
+                waiting = true;
+            } else if !initialized {
                 let members: BTreeMap<NodeId, MemberNode> = replicas
                     .iter()
                     .filter_map(|id| {
@@ -183,11 +199,12 @@ async fn host_partitions(grid: &Grid, meta: &MetaState) -> Result<()> {
                     .collect();
                 if let Err(e) = group.raft.initialize(members).await {
                     tracing::debug!(partition = p, error = %e, "partition initialize");
+                    waiting = true;
                 }
             }
         }
     }
-    Ok(())
+    Ok(waiting)
 }
 
 async fn add_meta_learners(grid: &Grid, meta: &MetaState) -> Result<()> {

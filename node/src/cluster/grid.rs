@@ -48,6 +48,7 @@ pub struct Grid {
     leader_hints: Mutex<HashMap<u32, NodeId>>,
     started: Instant,
     shutdown: CancellationToken,
+    transport_stop: CancellationToken,
     tasks: TaskTracker,
 }
 
@@ -92,7 +93,10 @@ impl Grid {
         let storage = Storage::open(&config.data_dir)?;
         let raft_config = group_config(&config.cluster_name, config.snapshot_after_logs)
             .map_err(|e| Error::Internal(e.to_string()))?;
-        let transport = Transport::new(shutdown.clone());
+        // The transport outlives the background tasks: Raft groups still talk while they
+        // shut down, and it stops last.
+        let transport_stop = CancellationToken::new();
+        let transport = Transport::new(transport_stop.clone());
         let (meta_tx, meta_rx) = watch::channel(Arc::new(MetaState::default()));
         let meta = open_group(
             &config,
@@ -118,6 +122,7 @@ impl Grid {
             leader_hints: Mutex::new(HashMap::new()),
             started: Instant::now(),
             shutdown,
+            transport_stop,
             tasks: TaskTracker::new(),
         });
         grid.tasks.spawn(bootstrap::run(grid.clone()));
@@ -134,6 +139,7 @@ impl Grid {
         for g in self.groups() {
             let _ = g.raft.shutdown().await;
         }
+        self.transport_stop.cancel();
         let _ = self.storage.flusher.flush().await;
     }
 
@@ -445,7 +451,10 @@ impl Grid {
     /// Serves one request from a peer.
     pub async fn handle_peer(&self, req: PeerRequest) -> PeerResponse {
         match req {
-            PeerRequest::Ping { .. } => PeerResponse::Pong { id: self.id },
+            PeerRequest::Ping { .. } => PeerResponse::Pong {
+                id: self.id,
+                bootstrapped: self.meta_state().bootstrapped(),
+            },
             PeerRequest::Status => PeerResponse::Status(self.status()),
             PeerRequest::Raft { group, rpc } => {
                 let Some(g) = self.group(group) else {

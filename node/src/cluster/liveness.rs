@@ -35,7 +35,8 @@ const RANK_DELAY: Duration = Duration::from_millis(1000);
 
 /// When each peer last answered a ping.
 pub struct Liveness {
-    last_ok: Mutex<HashMap<NodeId, Instant>>,
+    /// Last answer of each peer, and whether it reported having the partition table.
+    last_ok: Mutex<HashMap<NodeId, (Instant, bool)>>,
     down_after: Duration,
 }
 
@@ -49,11 +50,20 @@ impl Liveness {
     }
 
     /// Records an answer from `id`.
-    pub fn record(&self, id: NodeId) {
+    pub fn record(&self, id: NodeId, bootstrapped: bool) {
         self.last_ok
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(id, Instant::now());
+            .insert(id, (Instant::now(), bootstrapped));
+    }
+
+    /// Whether `id` answers and reported having the partition table.
+    pub fn bootstrapped(&self, id: NodeId) -> bool {
+        self.last_ok
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&id)
+            .is_some_and(|(t, b)| *b && t.elapsed() < self.down_after)
     }
 
     /// Whether `id` answered recently.
@@ -62,7 +72,7 @@ impl Liveness {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get(&id)
-            .is_some_and(|t| t.elapsed() < self.down_after)
+            .is_some_and(|(t, _)| t.elapsed() < self.down_after)
     }
 }
 
@@ -100,13 +110,16 @@ async fn pinger(grid: Arc<Grid>) {
                 let grid = grid.clone();
                 async move {
                     let req = PeerRequest::Ping { from: grid.id };
-                    if let Ok(PeerResponse::Pong { id: answered }) = grid
+                    if let Ok(PeerResponse::Pong {
+                        id: answered,
+                        bootstrapped,
+                    }) = grid
                         .transport
                         .call(&addr, Lane::Control, req, Duration::from_secs(1))
                         .await
                     {
                         if answered == id {
-                            grid.liveness.record(id);
+                            grid.liveness.record(id, bootstrapped);
                         }
                     }
                 }

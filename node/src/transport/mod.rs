@@ -86,6 +86,8 @@ pub enum PeerResponse {
     Pong {
         /// Responder.
         id: NodeId,
+        /// Whether the responder has the partition table (and so hosts its partitions).
+        bootstrapped: bool,
     },
     /// Outcomes of a [`PeerRequest::Write`].
     Write(Result<Vec<OpOutcome>, WireError>),
