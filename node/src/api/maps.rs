@@ -113,8 +113,8 @@ fn query(q: Result<Query<MapQuery>, QueryRejection>) -> Result<MapQuery> {
         .map_err(|e| Error::bad_request("invalid_query", e.body_text()))
 }
 
-fn stale(q: &MapQuery) -> Result<bool> {
-    match q.consistency.as_deref() {
+fn stale(consistency: Option<&str>) -> Result<bool> {
+    match consistency {
         None | Some("linearizable") => Ok(false),
         Some("stale") => Ok(true),
         Some(other) => Err(Error::bad_request(
@@ -124,13 +124,18 @@ fn stale(q: &MapQuery) -> Result<bool> {
     }
 }
 
+/// `?ttl=<seconds>` as milliseconds.
 fn ttl_ms(raw: Option<&str>) -> Result<Option<u64>> {
-    let Some(raw) = raw else { return Ok(None) };
-    match raw.parse::<u64>() {
-        Ok(s) if (1..=MAX_TTL_SECONDS).contains(&s) => Ok(Some(s * 1000)),
+    raw.map(|r| ttl_seconds_ms(r.parse().ok(), r)).transpose()
+}
+
+/// A TTL in whole seconds (`None`: not a number) as milliseconds, or `invalid_ttl`.
+fn ttl_seconds_ms(seconds: Option<u64>, shown: &str) -> Result<u64> {
+    match seconds {
+        Some(s) if (1..=MAX_TTL_SECONDS).contains(&s) => Ok(s * 1000),
         _ => Err(Error::bad_request(
             "invalid_ttl",
-            format!("ttl is whole seconds between 1 and {MAX_TTL_SECONDS}, not {raw:?}"),
+            format!("ttl is whole seconds between 1 and {MAX_TTL_SECONDS}, not {shown:?}"),
         )),
     }
 }
@@ -230,7 +235,7 @@ pub async fn get_entry(
 ) -> Result<Response, ApiError> {
     let (map, key) = path_pair(path)?;
     let q = query(q)?;
-    let stale = stale(&q)?;
+    let stale = stale(q.consistency.as_deref())?;
     if q.ttl.is_some() {
         return Err(Error::bad_request("invalid_query", "ttl applies to writes").into());
     }
@@ -407,7 +412,10 @@ pub async fn batch_put(
             )
             .into());
         }
-        let ttl_ms = ttl_ms(e.ttl.map(|t| t.to_string()).as_deref())?;
+        let ttl_ms = e
+            .ttl
+            .map(|t| ttl_seconds_ms(Some(t), &t.to_string()))
+            .transpose()?;
         ops.push(MapOp::Put {
             map: map.clone(),
             key: e.key.clone(),
@@ -454,10 +462,7 @@ pub async fn batch_get(
     for k in &req.keys {
         check_key(k)?;
     }
-    let stale = stale(&MapQuery {
-        consistency: req.consistency.clone(),
-        ttl: None,
-    })?;
+    let stale = stale(req.consistency.as_deref())?;
     let parts = by_partition(&grid, req.keys.iter().map(String::as_str))?;
     let calls = parts.into_iter().map(|(p, idx)| {
         let keys: Vec<(String, String)> = idx

@@ -78,6 +78,22 @@ enum Answer {
     Read(Vec<Option<Record>>),
 }
 
+impl Answer {
+    fn written(self) -> Result<Vec<OpOutcome>> {
+        match self {
+            Answer::Written(o) => Ok(o),
+            Answer::Read(_) => Err(Error::Internal("read answer to a write".into())),
+        }
+    }
+
+    fn records(self) -> Result<Vec<Option<Record>>> {
+        match self {
+            Answer::Read(r) => Ok(r),
+            Answer::Written(_) => Err(Error::Internal("write answer to a read".into())),
+        }
+    }
+}
+
 impl Grid {
     /// Opens storage, starts the metadata group and the background tasks. The HTTP endpoint
     /// is served by the caller ([`crate::api::serve`]).
@@ -228,10 +244,7 @@ impl Grid {
 
     /// Applies `ops` (all on partition `p`) through the partition leader.
     pub async fn write(&self, p: u32, ops: Vec<MapOp>) -> Result<Vec<OpOutcome>> {
-        match self.call_partition(p, Call::Write(ops)).await? {
-            Answer::Written(o) => Ok(o),
-            Answer::Read(_) => Err(Error::Internal("read answer to a write".into())),
-        }
+        self.call_partition(p, Call::Write(ops)).await?.written()
     }
 
     /// Reads `keys` (all on partition `p`); linearizable unless `stale`.
@@ -241,10 +254,9 @@ impl Grid {
         keys: Vec<(String, String)>,
         stale: bool,
     ) -> Result<Vec<Option<Record>>> {
-        match self.call_partition(p, Call::Read { keys, stale }).await? {
-            Answer::Read(r) => Ok(r),
-            Answer::Written(_) => Err(Error::Internal("write answer to a read".into())),
-        }
+        self.call_partition(p, Call::Read { keys, stale })
+            .await?
+            .records()
     }
 
     fn first_target(&self, p: u32, call: &Call, replicas: &[NodeId]) -> NodeId {
@@ -479,10 +491,7 @@ impl Grid {
             } => PeerResponse::Write(
                 self.bounded_local_call(p, &Call::Write(ops), self.peer_deadline())
                     .await
-                    .and_then(|a| match a {
-                        Answer::Written(o) => Ok(o),
-                        Answer::Read(_) => Err(Error::Internal("read answer to a write".into())),
-                    })
+                    .and_then(Answer::written)
                     .map_err(WireError::from_error),
             ),
             PeerRequest::Read {
@@ -492,10 +501,7 @@ impl Grid {
             } => PeerResponse::Read(
                 self.bounded_local_call(p, &Call::Read { keys, stale }, self.peer_deadline())
                     .await
-                    .and_then(|a| match a {
-                        Answer::Read(r) => Ok(r),
-                        Answer::Written(_) => Err(Error::Internal("write answer to a read".into())),
-                    })
+                    .and_then(Answer::records)
                     .map_err(WireError::from_error),
             ),
             PeerRequest::Write { .. } | PeerRequest::Read { .. } => {
@@ -590,10 +596,7 @@ impl Grid {
                 id: m.id,
                 address: m.addr.clone(),
                 state: if report.is_some() {
-                    serde_json::to_value(m.state)
-                        .ok()
-                        .and_then(|v| v.as_str().map(String::from))
-                        .unwrap_or_default()
+                    m.state.as_str().into()
                 } else {
                     "unreachable".into()
                 },

@@ -28,6 +28,8 @@ const ENTRIES_IN_FLIGHT: usize = 8;
 
 struct Proposal {
     ops: Vec<MapOp>,
+    /// Approximate size of `ops`, measured once when split.
+    bytes: usize,
     reply: oneshot::Sender<Result<Vec<OpOutcome>>>,
 }
 
@@ -93,8 +95,8 @@ impl Group {
     /// one fails, earlier ones are applied, so the failure is reported as `OutcomeUnknown`.
     pub async fn propose(&self, ops: Vec<MapOp>) -> Result<Vec<OpOutcome>> {
         let mut outcomes = Vec::with_capacity(ops.len());
-        for (i, chunk) in chunk_by_bytes(ops).into_iter().enumerate() {
-            match self.propose_entry(chunk).await {
+        for (i, (chunk, bytes)) in chunk_by_bytes(ops).into_iter().enumerate() {
+            match self.propose_entry(chunk, bytes).await {
                 Ok(o) => outcomes.extend(o),
                 Err(e) if i == 0 => return Err(e),
                 Err(e) => {
@@ -108,10 +110,14 @@ impl Group {
         Ok(outcomes)
     }
 
-    async fn propose_entry(&self, ops: Vec<MapOp>) -> Result<Vec<OpOutcome>> {
+    async fn propose_entry(&self, ops: Vec<MapOp>, bytes: usize) -> Result<Vec<OpOutcome>> {
         let (tx, rx) = oneshot::channel();
         self.proposals
-            .send(Proposal { ops, reply: tx })
+            .send(Proposal {
+                ops,
+                bytes,
+                reply: tx,
+            })
             .map_err(|_| Error::Unavailable {
                 group: self.id,
                 message: "member is stopping".into(),
@@ -166,19 +172,21 @@ fn op_bytes(op: &MapOp) -> usize {
     64 + map.len() + key.len() + body
 }
 
-/// Splits `ops` into runs of at most `MAX_ENTRY_BYTES` (a larger single op runs alone).
-fn chunk_by_bytes(ops: Vec<MapOp>) -> Vec<Vec<MapOp>> {
-    let mut chunks = vec![Vec::new()];
-    let mut bytes = 0;
+/// Splits `ops` into runs of at most `MAX_ENTRY_BYTES` (a larger single op runs alone),
+/// each with its size.
+fn chunk_by_bytes(ops: Vec<MapOp>) -> Vec<(Vec<MapOp>, usize)> {
+    let mut chunks: Vec<(Vec<MapOp>, usize)> = vec![(Vec::new(), 0)];
     for op in ops {
         let b = op_bytes(&op);
-        if bytes + b > MAX_ENTRY_BYTES && chunks.last().is_some_and(|c| !c.is_empty()) {
-            chunks.push(Vec::new());
-            bytes = 0;
+        if chunks
+            .last()
+            .is_some_and(|(c, bytes)| !c.is_empty() && bytes + b > MAX_ENTRY_BYTES)
+        {
+            chunks.push((Vec::new(), 0));
         }
-        bytes += b;
-        if let Some(c) = chunks.last_mut() {
+        if let Some((c, bytes)) = chunks.last_mut() {
             c.push(op);
+            *bytes += b;
         }
     }
     chunks
@@ -212,18 +220,17 @@ async fn run_proposer(
         };
         // Pack whatever is waiting into one entry, up to the op and byte caps.
         let mut n = first.ops.len();
-        let mut bytes: usize = first.ops.iter().map(op_bytes).sum();
+        let mut bytes = first.bytes;
         let mut batch = vec![first];
         while n < MAX_OPS_PER_ENTRY && bytes < MAX_ENTRY_BYTES {
             match rx.try_recv() {
                 Ok(p) => {
-                    let b: usize = p.ops.iter().map(op_bytes).sum();
-                    if bytes + b > MAX_ENTRY_BYTES {
+                    if bytes + p.bytes > MAX_ENTRY_BYTES {
                         carried = Some(p);
                         break;
                     }
                     n += p.ops.len();
-                    bytes += b;
+                    bytes += p.bytes;
                     batch.push(p);
                 }
                 Err(_) => break,
@@ -395,17 +402,20 @@ mod tests {
         let ops: Vec<MapOp> = (0..10).map(|i| put(i, 300 * 1024)).collect();
         let chunks = chunk_by_bytes(ops.clone());
         assert_eq!(
-            chunks.iter().map(Vec::len).collect::<Vec<_>>(),
+            chunks.iter().map(|(c, _)| c.len()).collect::<Vec<_>>(),
             vec![3, 3, 3, 1]
         );
         assert!(chunks
             .iter()
-            .all(|c| c.iter().map(op_bytes).sum::<usize>() <= MAX_ENTRY_BYTES));
-        assert_eq!(chunks.concat(), ops);
+            .all(|(c, _)| c.iter().map(op_bytes).sum::<usize>() <= MAX_ENTRY_BYTES));
+        assert_eq!(
+            chunks.into_iter().flat_map(|(c, _)| c).collect::<Vec<_>>(),
+            ops
+        );
         // An operation over the cap travels alone; small ones stay together.
         let chunks = chunk_by_bytes(vec![put(0, 10), put(1, 2 * MAX_ENTRY_BYTES), put(2, 10)]);
         assert_eq!(
-            chunks.iter().map(Vec::len).collect::<Vec<_>>(),
+            chunks.iter().map(|(c, _)| c.len()).collect::<Vec<_>>(),
             vec![1, 1, 1]
         );
         assert_eq!(chunk_by_bytes(vec![put(0, 10), put(1, 10)]).len(), 1);

@@ -25,6 +25,18 @@ pub enum MemberState {
     Decommissioned,
 }
 
+impl MemberState {
+    /// The name used in the API (`joining`, `active`, ...).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MemberState::Joining => "joining",
+            MemberState::Active => "active",
+            MemberState::Draining => "draining",
+            MemberState::Decommissioned => "decommissioned",
+        }
+    }
+}
+
 /// A member as the metadata group records it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MemberInfo {

@@ -155,7 +155,7 @@ async fn run_lane(
             .filter(|p| p.deadline > now)
             .collect();
         while batch.len() < lane.max_batch() && bytes < MAX_BATCH_BYTES {
-            match carried.take().map(Ok).unwrap_or_else(|| rx.try_recv()) {
+            match rx.try_recv() {
                 Ok(p) if p.deadline <= now => {}
                 Ok(p) if bytes + p.req.len() > MAX_BATCH_BYTES && !batch.is_empty() => {
                     carried = Some(p);
