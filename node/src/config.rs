@@ -55,8 +55,19 @@ pub struct Config {
     pub advertise: Option<String>,
     /// Where sled keeps this member's data.
     pub data_dir: PathBuf,
-    /// Members that form the grid at first start, this one included.
+    /// Members that form the grid at first start. A member not listed here joins the
+    /// running grid through them.
     pub initial_members: Vec<Seed>,
+    /// Failure zone of this member; replicas of a partition go to distinct zones where
+    /// possible.
+    pub zone: Option<String>,
+    /// Members that must have registered before the first bootstrap assigns partitions
+    /// (default: the number of initial members).
+    pub min_members: Option<u32>,
+    /// A member down for this long has its replicas re-created on others (ms).
+    pub failure_grace_ms: u64,
+    /// Replica moves in progress at once, grid-wide.
+    pub max_moves: u32,
     /// Partitions of a new grid (fixed once bootstrapped).
     pub partitions: u32,
     /// Replicas per partition (capped at the member count).
@@ -79,6 +90,10 @@ impl Default for Config {
             advertise: None,
             data_dir: PathBuf::from(".devicegrid/member-1"),
             initial_members: Vec::new(),
+            zone: None,
+            min_members: None,
+            failure_grace_ms: 60_000,
+            max_moves: 8,
             partitions: 271,
             replication_factor: 3,
             cluster_name: "devicegrid".into(),
@@ -95,6 +110,13 @@ impl Config {
         self.advertise
             .clone()
             .unwrap_or_else(|| self.listen.to_string())
+    }
+
+    /// Members that must register before bootstrap.
+    pub fn bootstrap_quorum(&self) -> usize {
+        self.min_members
+            .map_or(self.seeds().len(), |m| m as usize)
+            .max(1)
     }
 
     /// The initial member list, defaulting to this member alone.
@@ -127,16 +149,26 @@ impl Config {
             ));
         }
         let seeds = self.seeds();
-        if !seeds.iter().any(|s| s.id == self.node_id) {
-            return Err(format!(
-                "initial members must include this member (id {})",
-                self.node_id
-            ));
-        }
         let mut ids: Vec<_> = seeds.iter().map(|s| s.id).collect();
         ids.sort_unstable();
         if ids.windows(2).any(|w| w[0] == w[1]) || ids.contains(&0) {
             return Err("initial member ids must be distinct and greater than 0".into());
+        }
+        if self.min_members == Some(0) {
+            return Err("min_members must be at least 1".into());
+        }
+        if self.max_moves == 0 {
+            return Err("max_moves must be at least 1".into());
+        }
+        if self.failure_grace_ms < self.member_down_after_ms {
+            return Err("failure_grace_ms must be at least member_down_after_ms".into());
+        }
+        if self
+            .zone
+            .as_deref()
+            .is_some_and(|z| z.is_empty() || z.len() > 63)
+        {
+            return Err("zone must be 1 to 63 characters".into());
         }
         if self.member_down_after_ms < 500 {
             return Err("member_down_after_ms must be at least 500".into());
@@ -171,12 +203,12 @@ mod tests {
             initial_members: vec![s],
             ..Config::default()
         };
-        assert!(
-            c.validate().is_err(),
-            "member 1 is not among the initial members"
-        );
+        assert_eq!(c.validate(), Ok(()), "member 1 joins through member 2");
         c.node_id = 2;
         assert_eq!(c.validate(), Ok(()));
+        c.min_members = Some(0);
+        assert!(c.validate().is_err());
+        c.min_members = Some(2);
         c.partitions = 0;
         assert!(c.validate().is_err());
     }

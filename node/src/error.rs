@@ -71,6 +71,15 @@ pub enum Error {
         /// What happened.
         message: String,
     },
+    /// The grid refused a change in its current state (e.g. a drain that would leave too
+    /// few members); `code` is machine-readable.
+    #[error("{message}")]
+    Refused {
+        /// Machine-readable error code, e.g. `drain_refused`.
+        code: String,
+        /// Why.
+        message: String,
+    },
     /// Persistent storage failed.
     #[error("storage: {0}")]
     Storage(String),
@@ -99,6 +108,7 @@ impl Error {
             Error::NotDelivered { .. } => "unavailable",
             Error::Unavailable { .. } => "unavailable",
             Error::OutcomeUnknown { .. } => "outcome_unknown",
+            Error::Refused { code, .. } => code,
             Error::Storage(_) => "storage",
             Error::Internal(_) => "internal",
         }

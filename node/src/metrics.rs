@@ -54,6 +54,16 @@ pub struct Metrics {
     replicas: Gauge,
     leaderless: Gauge,
     peers_up: Gauge,
+    moves: Family<MoveLabels, Gauge>,
+    moves_finished: Gauge,
+    move_steps: Family<MoveLabels, Gauge>,
+}
+
+/// Labels of move gauges.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct MoveLabels {
+    /// `in_progress`/`stalled` (grid-wide), or the phase of a step run here.
+    state: String,
 }
 
 fn latency_histogram() -> Histogram {
@@ -139,7 +149,29 @@ impl Metrics {
             "Other members answering pings",
             peers_up.clone(),
         );
+        let moves = Family::<MoveLabels, Gauge>::default();
+        let moves_finished = Gauge::default();
+        let move_steps = Family::<MoveLabels, Gauge>::default();
+        registry.register(
+            "replica_moves",
+            "Replica moves recorded in the partition table (state=in_progress), and those \
+             running longer than two minutes (state=stalled)",
+            moves.clone(),
+        );
+        registry.register(
+            "replica_moves_finished",
+            "Replica moves finished since the grid was bootstrapped",
+            moves_finished.clone(),
+        );
+        registry.register(
+            "move_steps",
+            "Moves and leadership handoffs this member runs as partition leader, by phase",
+            move_steps.clone(),
+        );
         Metrics {
+            moves,
+            moves_finished,
+            move_steps,
             registry,
             requests,
             latency,
@@ -176,6 +208,15 @@ impl Metrics {
     /// Reads the Raft gauges from the grid.
     pub fn observe_groups(&self, grid: &Grid) {
         let (mut led, mut held, mut leaderless) = (0, 0, 0);
+        // Families are rebuilt so replicas moved away leave no stale series.
+        for family in [
+            &self.commit_index,
+            &self.applied_index,
+            &self.snapshot_index,
+            &self.purged_index,
+        ] {
+            family.clear();
+        }
         for g in grid.groups() {
             let m = g.raft.metrics().borrow().clone();
             let labels = GroupLabels {
@@ -209,6 +250,27 @@ impl Metrics {
                 .filter(|id| **id != grid.id && grid.liveness.alive(**id))
                 .count() as i64,
         );
+        let now = crate::cluster::now_ms();
+        let stalled_ms = crate::cluster::grid::MOVE_STALLED_AFTER.as_millis() as u64;
+        let stalled = meta
+            .moves
+            .values()
+            .filter(|m| now.saturating_sub(m.started_ms) > stalled_ms)
+            .count();
+        for (state, n) in [("in_progress", meta.moves.len()), ("stalled", stalled)] {
+            self.moves
+                .get_or_create(&MoveLabels {
+                    state: state.into(),
+                })
+                .set(n as i64);
+        }
+        self.moves_finished.set(meta.moves_finished as i64);
+        self.move_steps.clear();
+        for m in grid.status().moves {
+            self.move_steps
+                .get_or_create(&MoveLabels { state: m.phase })
+                .inc();
+        }
     }
 
     /// The OpenMetrics text exposition.

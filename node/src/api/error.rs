@@ -32,7 +32,7 @@ pub fn status_of(e: &Error) -> StatusCode {
         Error::BadRequest { .. } => StatusCode::BAD_REQUEST,
         Error::NotFound(_) => StatusCode::NOT_FOUND,
         Error::VersionMismatch { .. } => StatusCode::PRECONDITION_FAILED,
-        Error::ProcessorFailed { .. } => StatusCode::CONFLICT,
+        Error::ProcessorFailed { .. } | Error::Refused { .. } => StatusCode::CONFLICT,
         Error::NotLeader { .. } | Error::NotDelivered { .. } | Error::Unavailable { .. } => {
             StatusCode::SERVICE_UNAVAILABLE
         }

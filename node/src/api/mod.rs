@@ -6,6 +6,7 @@
 //! | `PUT/GET/DELETE /v1/maps/{map}/{key}` | [`maps`] |
 //! | `POST /v1/maps/{map}/{key}/process` | [`maps`]: entry processors |
 //! | `POST /v1/batch/maps/{map}/put`, `.../get` | [`maps`]: many keys at once |
+//! | `GET /v1/members`, `GET /v1/members/{id}`, `POST /v1/members/{id}/drain` | [`members`] |
 //! | `GET /v1/cluster`, `/healthz`, `/readyz`, `/metrics` | [`cluster`] |
 //! | `POST /internal/v1/peer` | [`internal`]: Raft and forwarding between members |
 
@@ -13,6 +14,7 @@ pub mod cluster;
 pub mod error;
 pub mod internal;
 pub mod maps;
+pub mod members;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -50,6 +52,9 @@ pub fn router(grid: Arc<Grid>) -> Router {
                 .route("/v1/batch/maps/{map}/get", post(maps::batch_get))
                 .layer(DefaultBodyLimit::max(MAX_BATCH_BODY_BYTES)),
         )
+        .route("/v1/members", get(members::list))
+        .route("/v1/members/{id}", get(members::get))
+        .route("/v1/members/{id}/drain", post(members::drain))
         .route("/v1/cluster", get(cluster::cluster))
         .route("/healthz", get(cluster::healthz))
         .route("/readyz", get(cluster::readyz))

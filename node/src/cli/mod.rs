@@ -54,7 +54,8 @@ struct ServeArgs {
     /// Data directory [default: .devicegrid/member-1].
     #[arg(long, env = "DEVICEGRID_DATA_DIR")]
     data_dir: Option<PathBuf>,
-    /// Members forming the grid at first start, this one included: id=host:port,...
+    /// Members forming the grid at first start: id=host:port,... A member not listed joins
+    /// the running grid through them.
     #[arg(long, env = "DEVICEGRID_INITIAL_MEMBERS", value_delimiter = ',')]
     initial_members: Option<Vec<Seed>>,
     /// Partitions of a new grid [default: 271].
@@ -72,6 +73,21 @@ struct ServeArgs {
     /// A group snapshots and drops its log after this many entries [default: 10000].
     #[arg(long, env = "DEVICEGRID_SNAPSHOT_AFTER_LOGS")]
     snapshot_after_logs: Option<u64>,
+    /// Failure zone of this member (the operator passes the Kubernetes node's zone).
+    #[arg(long, env = "DEVICEGRID_ZONE")]
+    zone: Option<String>,
+    /// Members that must register before the first bootstrap [default: initial members].
+    #[arg(long, env = "DEVICEGRID_MIN_MEMBERS")]
+    min_members: Option<u32>,
+    /// A member down this long has its replicas re-created elsewhere, ms [default: 60000].
+    #[arg(long, env = "DEVICEGRID_FAILURE_GRACE_MS")]
+    failure_grace_ms: Option<u64>,
+    /// Replica moves in progress at once, grid-wide [default: 8].
+    #[arg(long, env = "DEVICEGRID_MAX_MOVES")]
+    max_moves: Option<u32>,
+    /// A member not answering pings this long is down, ms [default: 2000].
+    #[arg(long, env = "DEVICEGRID_MEMBER_DOWN_AFTER_MS")]
+    member_down_after_ms: Option<u64>,
     /// Stop (SIGTERM) when the process with this pid, our parent, exits. Set by `dev`.
     #[arg(long, hide = true)]
     parent_pid: Option<u32>,
@@ -100,10 +116,19 @@ impl ServeArgs {
             replication_factor,
             cluster_name,
             request_timeout_ms,
-            snapshot_after_logs
+            snapshot_after_logs,
+            failure_grace_ms,
+            max_moves,
+            member_down_after_ms
         );
         if self.advertise.is_some() {
             c.advertise = self.advertise;
+        }
+        if self.zone.is_some() {
+            c.zone = self.zone;
+        }
+        if self.min_members.is_some() {
+            c.min_members = self.min_members;
         }
         c.validate().map_err(anyhow::Error::msg)?;
         Ok(c)

@@ -1,12 +1,14 @@
-//! First start and partition hosting.
+//! First start, registration and partition hosting.
 //!
 //! The lowest-numbered initial member initializes the metadata group with the initial
-//! members as voters (at most five; the rest join as learners). Its leader then proposes
-//! `Bootstrap`, which records the members and creates the partition table. Every member
-//! watches the applied metadata state and opens the groups of the partitions it holds; a
+//! members as voters (at most five). Every member registers itself (`Join`) through the
+//! metadata leader; once enough have registered, the leader proposes `Bootstrap` (see
+//! [`crate::cluster::driver`]), which creates the partition table. Every member watches the
+//! applied metadata state and opens the groups of the partitions it holds; at bootstrap, a
 //! partition's first replica initializes the group, so leaders start out spread evenly.
-//! On restart the stored metadata state is there before any election, so partitions are
-//! reopened at once.
+//! Later replicas are added by the partition's leader ([`crate::cluster::mover`]), and a
+//! replica moved away is deleted here. On restart the stored metadata state is there before
+//! any election, so partitions are reopened at once.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -15,14 +17,14 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::cluster::meta::{MemberInfo, MemberState, MetaCommand, MetaState};
+use crate::cluster::meta::{MemberState, MetaCommand, MetaOutcome, MetaState};
 use crate::cluster::Grid;
 use crate::config::{Config, Seed};
-use crate::raft::{GroupId, MemberNode, NodeId, Request};
+use crate::raft::{GroupId, MemberNode, NodeId};
 use crate::{Error, Result};
 
 /// Most voters of the metadata group.
-const META_VOTERS: usize = 5;
+pub const META_VOTERS: usize = 5;
 
 /// What a data directory records about its member.
 #[derive(Debug, PartialEq, Serialize, Deserialize)]
@@ -84,35 +86,46 @@ fn nodes(seeds: &[Seed]) -> BTreeMap<NodeId, MemberNode> {
         .collect()
 }
 
-/// Runs until shutdown: bootstraps the grid if needed and keeps hosted partitions open.
+/// Runs until shutdown: initializes the metadata group if this is the first initial member,
+/// registers this member, and keeps the hosted partitions in line with the table: opens
+/// the groups of partitions it holds, initializes the ones it is first replica of at
+/// bootstrap, and deletes replicas that were moved away.
 pub async fn run(grid: Arc<Grid>) {
     let shutdown = grid.shutdown_token().clone();
     let mut meta_rx = grid.meta_watch();
     let mut seeds = grid.config.seeds();
     seeds.sort_by_key(|s| s.id);
-    let mut waiting = false;
+    let mut registered = false;
     loop {
         let meta = grid.meta_state();
+        let mut waiting = !registered;
         if !meta.bootstrapped() {
-            if let Err(e) = try_bootstrap(&grid, &seeds).await {
-                tracing::debug!(error = %e, "bootstrap not done yet");
-            }
-        } else {
-            match host_partitions(&grid, &meta).await {
-                Ok(w) => waiting = w,
-                Err(e) => {
-                    waiting = true;
-                    tracing::warn!(error = %e, "opening partitions failed");
-                }
-            }
-            if let Err(e) = add_meta_learners(&grid, &meta).await {
-                tracing::debug!(error = %e, "metadata learners not added yet");
+            waiting = true;
+            if let Err(e) = init_meta_group(&grid, &seeds).await {
+                tracing::debug!(error = %e, "metadata group not initialized yet");
             }
         }
-        let wait = if meta.bootstrapped() && !waiting {
-            Duration::from_secs(5)
+        if needs_join(&grid, &meta, registered) {
+            match register(&grid).await {
+                Ok(()) => registered = true,
+                Err(e) => tracing::debug!(error = %e, "registration not done yet"),
+            }
         } else {
+            registered = true;
+        }
+        if meta.bootstrapped() {
+            match host_partitions(&grid, &meta).await {
+                Ok(w) => waiting |= w,
+                Err(e) => {
+                    waiting = true;
+                    tracing::warn!(error = %e, "hosting partitions failed");
+                }
+            }
+        }
+        let wait = if waiting {
             Duration::from_millis(300)
+        } else {
+            Duration::from_secs(5)
         };
         tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -122,114 +135,110 @@ pub async fn run(grid: Arc<Grid>) {
     }
 }
 
-async fn try_bootstrap(grid: &Grid, seeds: &[Seed]) -> Result<()> {
+/// The lowest initial member initializes the metadata group (at most five voters).
+async fn init_meta_group(grid: &Grid, seeds: &[Seed]) -> Result<()> {
     let raft = &grid.meta_group().raft;
+    if seeds.first().map(|s| s.id) != Some(grid.id) {
+        return Ok(());
+    }
     let initialized = raft
         .is_initialized()
         .await
         .map_err(|e| Error::Internal(e.to_string()))?;
-    if !initialized && seeds.first().map(|s| s.id) == Some(grid.id) {
+    if !initialized {
         let voters = nodes(&seeds[..seeds.len().min(META_VOTERS)]);
         tracing::info!(voters = ?voters.keys().collect::<Vec<_>>(), "initializing the metadata group");
         if let Err(e) = raft.initialize(voters).await {
             tracing::debug!(error = %e, "metadata group initialize");
         }
     }
-    if grid.meta_group().is_leader() {
-        let members = seeds
-            .iter()
-            .map(|s| MemberInfo {
-                id: s.id,
-                addr: s.addr.clone(),
-                state: MemberState::Active,
-            })
-            .collect();
-        let cmd = MetaCommand::Bootstrap {
-            members,
-            partition_count: grid.config.partitions,
-            replication_factor: grid.config.replication_factor,
-        };
-        raft.client_write(Request::Meta(cmd))
-            .await
-            .map_err(|e| Error::Internal(e.to_string()))?;
-        tracing::info!(partitions = grid.config.partitions, "grid bootstrapped");
-    }
     Ok(())
 }
 
-/// Opens the groups of the partitions this member holds and initializes those it is the
-/// first replica of. Returns whether some group still waits to be initialized.
+/// Whether this member must (re-)register: it is unknown, its address or zone changed, or
+/// it was decommissioned before this process started (a restarted member joins again; a
+/// member decommissioned while running stays so until it restarts).
+fn needs_join(grid: &Grid, meta: &MetaState, registered: bool) -> bool {
+    match meta.members.get(&grid.id) {
+        None => true,
+        Some(m) => {
+            m.addr != grid.config.advertised()
+                || m.zone != grid.config.zone
+                || (!registered && m.state == MemberState::Decommissioned)
+        }
+    }
+}
+
+async fn register(grid: &Grid) -> Result<()> {
+    let cmd = MetaCommand::Join {
+        id: grid.id,
+        addr: grid.config.advertised(),
+        zone: grid.config.zone.clone(),
+    };
+    match grid.propose_meta(cmd).await? {
+        MetaOutcome::Refused { code, message } => Err(Error::Refused { code, message }),
+        _ => {
+            tracing::info!(member = grid.id, "registered with the grid");
+            Ok(())
+        }
+    }
+}
+
+/// Opens the groups of the partitions this member holds, initializes those it is the
+/// first replica of at bootstrap, and removes those moved away. Returns whether some group
+/// still waits to be initialized.
 async fn host_partitions(grid: &Grid, meta: &MetaState) -> Result<bool> {
     let mut waiting = false;
     for p in 0..meta.partition_count {
-        let replicas = meta.replicas(p);
-        if !replicas.contains(&grid.id) {
+        if !meta.hosts(grid.id, p) {
+            if grid.group(GroupId::Partition(p)).is_some() {
+                grid.unhost_partition(p).await?;
+            }
             continue;
         }
         let (group, _) = grid.host_partition(p).await?;
+        let replicas = meta.replicas(p);
+        // Only the table as bootstrapped creates groups; later replicas are added by the
+        // group's leader and start empty.
+        if meta.version(p) != 0 || replicas.first() != Some(&grid.id) {
+            continue;
+        }
         // Initialized once a majority of the replicas host the group (they reported having
         // the partition table); an election before that only collects refusals. Retried on
         // every pass until it succeeds.
-        if replicas.first() == Some(&grid.id) {
-            let initialized = group
-                .raft
-                .is_initialized()
-                .await
-                .map_err(|e| Error::Internal(e.to_string()))?;
-            let hosting = replicas
-                .iter()
-                .filter(|id| **id == grid.id || grid.liveness.bootstrapped(**id))
-                .count();
-            let others_ready = hosting * 2 > replicas.len();
-            if !initialized && !others_ready {
-                waiting = true;
-            } else if !initialized {
-                let members: BTreeMap<NodeId, MemberNode> = replicas
-                    .iter()
-                    .filter_map(|id| {
-                        meta.addr(*id).map(|a| {
-                            (
-                                *id,
-                                MemberNode {
-                                    addr: a.to_string(),
-                                },
-                            )
-                        })
-                    })
-                    .collect();
-                if let Err(e) = group.raft.initialize(members).await {
-                    tracing::debug!(partition = p, error = %e, "partition initialize");
-                    waiting = true;
-                }
-            }
+        let initialized = group
+            .raft
+            .is_initialized()
+            .await
+            .map_err(|e| Error::Internal(e.to_string()))?;
+        if initialized {
+            continue;
+        }
+        let hosting = replicas
+            .iter()
+            .filter(|id| **id == grid.id || grid.liveness.bootstrapped(**id))
+            .count();
+        if hosting * 2 <= replicas.len() {
+            waiting = true;
+            continue;
+        }
+        let members: BTreeMap<NodeId, MemberNode> = replicas
+            .iter()
+            .filter_map(|id| {
+                meta.addr(*id).map(|a| {
+                    (
+                        *id,
+                        MemberNode {
+                            addr: a.to_string(),
+                        },
+                    )
+                })
+            })
+            .collect();
+        if let Err(e) = group.raft.initialize(members).await {
+            tracing::debug!(partition = p, error = %e, "partition initialize");
+            waiting = true;
         }
     }
     Ok(waiting)
-}
-
-async fn add_meta_learners(grid: &Grid, meta: &MetaState) -> Result<()> {
-    let g = grid.meta_group();
-    if !g.is_leader() {
-        return Ok(());
-    }
-    let current = g.raft.metrics().borrow().membership_config.clone();
-    for m in meta.members.values() {
-        if current.nodes().any(|(id, _)| *id == m.id) {
-            continue;
-        }
-        g.raft
-            .add_learner(
-                m.id,
-                MemberNode {
-                    addr: m.addr.clone(),
-                },
-                false,
-            )
-            .await
-            .map_err(|e| Error::Unavailable {
-                group: GroupId::Meta,
-                message: e.to_string(),
-            })?;
-    }
-    Ok(())
 }

@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
+use openraft::error::{ClientWriteError, RaftError};
 use openraft::ServerState;
 use serde::Serialize;
 use tokio::sync::watch;
@@ -13,17 +14,19 @@ use tokio_util::task::TaskTracker;
 
 use crate::cluster::group::Group;
 use crate::cluster::liveness::Liveness;
-use crate::cluster::meta::MetaState;
-use crate::cluster::{bootstrap, expiry, liveness, now_ms, partition_of};
+use crate::cluster::meta::{MemberState, MetaCommand, MetaOutcome, MetaState, MoveReason};
+use crate::cluster::{bootstrap, driver, expiry, liveness, mover, now_ms, partition_of};
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::raft::{
-    group_config, GroupId, LogStore, NetworkFactory, NodeId, Raft, StateMachineStore,
+    group_config, GroupId, LogStore, NetworkFactory, NodeId, Raft, Request, Response,
+    StateMachineStore,
 };
 use crate::storage::{Overlay, Storage};
 use crate::structures::map::{self, MapOp, OpOutcome, Record};
 use crate::transport::{
-    Lane, MemberStatus, PeerRequest, PeerResponse, RaftRpc, Transport, TransportError, WireError,
+    Lane, MemberStatus, MoveProgress, PeerRequest, PeerResponse, RaftRpc, Transport,
+    TransportError, WireError,
 };
 use crate::{Error, Result};
 
@@ -46,6 +49,7 @@ pub struct Grid {
     meta_rx: watch::Receiver<Arc<MetaState>>,
     partitions: RwLock<HashMap<u32, Arc<Group>>>,
     leader_hints: Mutex<HashMap<u32, NodeId>>,
+    progress: Mutex<BTreeMap<u32, MoveProgress>>,
     started: Instant,
     shutdown: CancellationToken,
     transport_stop: CancellationToken,
@@ -136,6 +140,7 @@ impl Grid {
             meta_rx,
             partitions: RwLock::new(HashMap::new()),
             leader_hints: Mutex::new(HashMap::new()),
+            progress: Mutex::new(BTreeMap::new()),
             started: Instant::now(),
             shutdown,
             transport_stop,
@@ -144,6 +149,8 @@ impl Grid {
         grid.tasks.spawn(bootstrap::run(grid.clone()));
         grid.tasks.spawn(liveness::run(grid.clone()));
         grid.tasks.spawn(expiry::run(grid.clone()));
+        grid.tasks.spawn(driver::run(grid.clone()));
+        grid.tasks.spawn(mover::run(grid.clone()));
         Ok(grid)
     }
 
@@ -223,6 +230,147 @@ impl Grid {
         .await?;
         let mut parts = self.partitions.write().unwrap_or_else(|e| e.into_inner());
         Ok((parts.entry(p).or_insert(g).clone(), true))
+    }
+
+    /// Stops this member's replica of partition `p` and deletes its data (the replica was
+    /// moved away). Only the hosting loop calls it, so it never races an open of `p`.
+    pub(crate) async fn unhost_partition(&self, p: u32) -> Result<()> {
+        let removed = self
+            .partitions
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&p);
+        let Some(g) = removed else { return Ok(()) };
+        let _ = g.raft.shutdown().await;
+        self.storage
+            .drop_group(GroupId::Partition(p).to_key())
+            .await?;
+        tracing::info!(partition = p, "replica moved away; its data is deleted");
+        Ok(())
+    }
+
+    /// Runs `task` in this member's shutdown tree.
+    pub(crate) fn spawn<F>(&self, task: F)
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        self.tasks.spawn(task);
+    }
+
+    /// Records (or clears) this member's progress on a move of partition `p`.
+    pub(crate) fn set_progress(&self, p: u32, progress: Option<MoveProgress>) {
+        let mut m = self.progress.lock().unwrap_or_else(|e| e.into_inner());
+        match progress {
+            Some(x) => m.insert(p, x),
+            None => m.remove(&p),
+        };
+    }
+
+    /// Proposes a metadata command through the metadata leader: this member, the leader it
+    /// knows of, or else any initial member (which passes it on).
+    pub async fn propose_meta(&self, cmd: MetaCommand) -> Result<MetaOutcome> {
+        if self.meta.is_leader() {
+            return self.apply_meta(cmd).await;
+        }
+        let mut addrs: Vec<String> = self.meta_leader_addr().into_iter().collect();
+        for seed in self.config.seeds() {
+            if seed.id != self.id && !addrs.contains(&seed.addr) {
+                addrs.push(seed.addr);
+            }
+        }
+        let mut last = String::from("no member to ask");
+        for addr in addrs {
+            let req = PeerRequest::Meta {
+                cmd: cmd.clone(),
+                forwarded: false,
+            };
+            match self
+                .transport
+                .call(&addr, Lane::Control, req, META_CALL_TIMEOUT)
+                .await
+            {
+                Ok(PeerResponse::Meta(Ok(outcome))) => return Ok(outcome),
+                Ok(PeerResponse::Meta(Err(
+                    e @ (WireError::Other(_) | WireError::Refused { .. }),
+                ))) => return Err(e.into_error(GroupId::Meta)),
+                Ok(PeerResponse::Meta(Err(e))) => last = format!("{addr}: {e:?}"),
+                Ok(other) => last = format!("{addr} answered {other:?}"),
+                Err(e) => last = format!("{addr}: {e}"),
+            }
+        }
+        Err(Error::Unavailable {
+            group: GroupId::Meta,
+            message: last,
+        })
+    }
+
+    /// Address of the metadata leader this member knows of (not itself).
+    fn meta_leader_addr(&self) -> Option<String> {
+        let m = self.meta.raft.metrics().borrow().clone();
+        let leader = m.current_leader.filter(|l| *l != self.id)?;
+        let from_state = self.meta_state().addr(leader).map(str::to_string);
+        from_state.or_else(|| {
+            m.membership_config
+                .membership()
+                .get_node(&leader)
+                .map(|n| n.addr.clone())
+        })
+    }
+
+    /// Commits `cmd` in the metadata group, led by this member.
+    async fn apply_meta(&self, cmd: MetaCommand) -> Result<MetaOutcome> {
+        let write = self.meta.raft.client_write(Request::Meta(cmd));
+        match tokio::time::timeout(META_CALL_TIMEOUT, write).await {
+            Ok(Ok(resp)) => match resp.data {
+                Response::Meta(outcome) => Ok(outcome),
+                other => Err(Error::Internal(format!(
+                    "metadata group answered {other:?}"
+                ))),
+            },
+            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
+                Err(Error::NotLeader {
+                    group: GroupId::Meta,
+                    leader: f.leader_id,
+                })
+            }
+            Ok(Err(e)) => Err(Error::Unavailable {
+                group: GroupId::Meta,
+                message: e.to_string(),
+            }),
+            Err(_) => Err(Error::Unavailable {
+                group: GroupId::Meta,
+                message: format!("not committed within {META_CALL_TIMEOUT:?}"),
+            }),
+        }
+    }
+
+    async fn handle_meta(&self, cmd: MetaCommand, forwarded: bool) -> Result<MetaOutcome> {
+        if self.meta.is_leader() {
+            return self.apply_meta(cmd).await;
+        }
+        let leader = self.meta.current_leader();
+        let Some(addr) = self.meta_leader_addr().filter(|_| !forwarded) else {
+            return Err(Error::NotLeader {
+                group: GroupId::Meta,
+                leader,
+            });
+        };
+        let req = PeerRequest::Meta {
+            cmd,
+            forwarded: true,
+        };
+        match self
+            .transport
+            .call(&addr, Lane::Control, req, META_CALL_TIMEOUT)
+            .await
+        {
+            Ok(PeerResponse::Meta(r)) => r.map_err(|e| e.into_error(GroupId::Meta)),
+            Ok(other) => Err(Error::Internal(format!("{addr} answered {other:?}"))),
+            Err(e) => Err(Error::Unavailable {
+                group: GroupId::Meta,
+                message: format!("{addr}: {e}"),
+            }),
+        }
     }
 
     /// Milliseconds on this member's monotonic clock (for contact times).
@@ -468,6 +616,18 @@ impl Grid {
                 bootstrapped: self.meta_state().bootstrapped(),
             },
             PeerRequest::Status => PeerResponse::Status(self.status()),
+            PeerRequest::Meta { cmd, forwarded } => PeerResponse::Meta(
+                self.handle_meta(cmd, forwarded)
+                    .await
+                    .map_err(WireError::from_error),
+            ),
+            PeerRequest::Elect { group } => match self.group(group) {
+                Some(g) => {
+                    self.tasks.spawn(mover::campaign(g));
+                    PeerResponse::Accepted
+                }
+                None => PeerResponse::NoGroup,
+            },
             PeerRequest::Raft { group, rpc } => {
                 let Some(g) = self.group(group) else {
                     return PeerResponse::NoGroup;
@@ -562,6 +722,13 @@ impl Grid {
             }
         }
         s.ready = meta_ok && s.leaderless.is_empty();
+        s.moves = self
+            .progress
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect();
         s
     }
 
@@ -591,18 +758,15 @@ impl Grid {
         let mut members = Vec::new();
         for m in meta.members.values() {
             let report = reports.get(&m.id).cloned().flatten();
-            let held = meta.partitions.iter().filter(|r| r.contains(&m.id)).count();
             members.push(MemberView {
                 id: m.id,
                 address: m.addr.clone(),
-                state: if report.is_some() {
-                    m.state.as_str().into()
-                } else {
-                    "unreachable".into()
-                },
+                zone: m.zone.clone(),
+                state: m.state.as_str().into(),
+                reachable: report.is_some(),
                 ready: report.as_ref().is_some_and(|r| r.ready),
                 partitions_led: report.as_ref().map_or(0, |r| r.led.len()),
-                partitions_held: held,
+                partitions_held: meta.held_by(m.id).count(),
             });
         }
         let mut led_somewhere = vec![false; meta.partition_count as usize];
@@ -614,22 +778,65 @@ impl Grid {
             }
         }
         let mut under = 0;
-        for (p, replicas) in meta.partitions.iter().enumerate() {
+        for p in 0..meta.partition_count {
+            let replicas = meta.replicas(p);
             let all_up = replicas.iter().all(|id| {
                 reports
                     .get(id)
                     .cloned()
                     .flatten()
-                    .is_some_and(|r| r.held.contains(&(p as u32)))
+                    .is_some_and(|r| r.held.contains(&p))
             });
             if !all_up || (replicas.len() as u32) < meta.replication_factor {
                 under += 1;
             }
         }
+        let progress: BTreeMap<u32, MoveProgress> = reports
+            .values()
+            .flatten()
+            .flat_map(|r| r.moves.iter().cloned())
+            .map(|m| (m.partition, m))
+            .collect();
+        let now = now_ms();
+        let moves: Vec<MoveView> = meta
+            .moves
+            .iter()
+            .map(|(p, m)| {
+                let age_ms = now.saturating_sub(m.started_ms);
+                MoveView {
+                    partition: *p,
+                    from: m.from,
+                    to: m.to,
+                    reason: m.reason,
+                    age_ms,
+                    phase: progress.get(p).map(|x| x.phase.clone()),
+                    lag: progress.get(p).map(|x| x.lag),
+                    stalled: age_ms > MOVE_STALLED_AFTER.as_millis() as u64,
+                }
+            })
+            .collect();
+        let active: Vec<&MemberView> = members.iter().filter(|m| m.state == "active").collect();
+        let spread = |f: &dyn Fn(&MemberView) -> usize| {
+            let counts = active.iter().map(|m| f(m));
+            counts.clone().max().unwrap_or(0) - counts.min().unwrap_or(0)
+        };
+        let replicas_spread = spread(&|m| m.partitions_held);
+        let leaders_spread = spread(&|m| m.partitions_led);
+        let balanced = meta.bootstrapped()
+            && moves.is_empty()
+            && under == 0
+            && replicas_spread <= 1
+            && leaders_spread <= 1
+            && active.iter().all(|m| m.reachable)
+            && meta
+                .members
+                .values()
+                .all(|m| matches!(m.state, MemberState::Active | MemberState::Decommissioned));
         ClusterView {
             cluster_name: self.config.cluster_name.clone(),
             answered_by: self.id,
             bootstrapped: meta.bootstrapped(),
+            epoch: meta.epoch,
             members,
             partitions: PartitionsView {
                 count: meta.partition_count,
@@ -637,9 +844,29 @@ impl Grid {
                 under_replicated: under,
                 without_leader: led_somewhere.iter().filter(|x| !**x).count(),
             },
+            balance: BalanceView {
+                balanced,
+                moves_in_progress: moves.len(),
+                moves_stalled: moves.iter().filter(|m| m.stalled).count(),
+                moves_finished: meta.moves_finished,
+                replicas_spread,
+                leaders_spread,
+            },
+            moves,
         }
     }
+
+    /// One member as `GET /v1/members/{id}` shows it, or `None` if unknown.
+    pub async fn member_view(&self, id: NodeId) -> Option<MemberView> {
+        let view = self.cluster_view().await;
+        view.members.into_iter().find(|m| m.id == id)
+    }
 }
+
+/// How long a metadata command may take to commit.
+const META_CALL_TIMEOUT: Duration = Duration::from_secs(5);
+/// A move running longer than this is reported as stalled.
+pub const MOVE_STALLED_AFTER: Duration = Duration::from_secs(120);
 
 /// After this long, liveness has pinged every peer, and a member it calls down is skipped.
 const PEERS_KNOWN_AFTER: Duration = Duration::from_secs(3);
@@ -679,26 +906,75 @@ pub struct ClusterView {
     pub answered_by: NodeId,
     /// Whether the partition table exists.
     pub bootstrapped: bool,
+    /// Metadata epoch (increments with every change of members or table).
+    pub epoch: u64,
     /// Members in id order.
     pub members: Vec<MemberView>,
     /// Partition health.
     pub partitions: PartitionsView,
+    /// Whether replicas and leaders are spread evenly.
+    pub balance: BalanceView,
+    /// Replica moves in progress.
+    pub moves: Vec<MoveView>,
+}
+
+/// Balance in [`ClusterView`].
+#[derive(Debug, Serialize)]
+pub struct BalanceView {
+    /// No move in progress, nothing under-replicated, every member active (or
+    /// decommissioned) and reachable, replica and leader counts of active members within one.
+    pub balanced: bool,
+    /// Moves in progress.
+    pub moves_in_progress: usize,
+    /// Moves running longer than [`MOVE_STALLED_AFTER`].
+    pub moves_stalled: usize,
+    /// Moves finished since bootstrap.
+    pub moves_finished: u64,
+    /// Largest minus smallest replica count among active members.
+    pub replicas_spread: usize,
+    /// Largest minus smallest leader count among active members.
+    pub leaders_spread: usize,
+}
+
+/// A move in [`ClusterView`].
+#[derive(Debug, Serialize)]
+pub struct MoveView {
+    /// Partition.
+    pub partition: u32,
+    /// Replica being replaced, if any.
+    pub from: Option<NodeId>,
+    /// Member receiving the replica.
+    pub to: NodeId,
+    /// Why.
+    pub reason: MoveReason,
+    /// Time since it started.
+    pub age_ms: u64,
+    /// The partition leader's phase, when it reported one.
+    pub phase: Option<String>,
+    /// Entries the new replica is behind, when reported.
+    pub lag: Option<u64>,
+    /// Running longer than [`MOVE_STALLED_AFTER`].
+    pub stalled: bool,
 }
 
 /// One member in [`ClusterView`].
-#[derive(Debug, Serialize)]
+#[derive(Clone, Debug, Serialize)]
 pub struct MemberView {
     /// Member id.
     pub id: NodeId,
     /// Advertised address.
     pub address: String,
-    /// `active`, ..., or `unreachable` when it did not answer.
+    /// Failure zone.
+    pub zone: Option<String>,
+    /// `joining`, `active`, `draining` or `decommissioned`.
     pub state: String,
+    /// Whether it answered for this view.
+    pub reachable: bool,
     /// Whether its `/readyz` is green.
     pub ready: bool,
     /// Partitions it leads.
     pub partitions_led: usize,
-    /// Partitions it holds a replica of.
+    /// Partitions it holds a replica of (or is giving one away from): 0 once drained.
     pub partitions_held: usize,
 }
 

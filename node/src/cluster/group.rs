@@ -54,6 +54,9 @@ pub struct Group {
     pub last_leader_contact: AtomicU64,
     /// Election bookkeeping.
     pub election: Mutex<ElectionState>,
+    /// While leadership is handed to this member (0: none), writes and reads are refused
+    /// with `NotLeader` pointing at it, and no heartbeats are sent.
+    handoff: Arc<AtomicU64>,
     proposals: mpsc::UnboundedSender<Proposal>,
     reads: mpsc::UnboundedSender<oneshot::Sender<Result<()>>>,
 }
@@ -69,11 +72,19 @@ impl Group {
     ) -> Arc<Self> {
         let (ptx, prx) = mpsc::unbounded_channel();
         let (rtx, rrx) = mpsc::unbounded_channel();
-        tokio::spawn(run_proposer(id, raft.clone(), prx, shutdown.clone()));
+        let handoff = Arc::new(AtomicU64::new(0));
+        tokio::spawn(run_proposer(
+            id,
+            raft.clone(),
+            handoff.clone(),
+            prx,
+            shutdown.clone(),
+        ));
         tokio::spawn(run_read_barrier(
             id,
             raft.clone(),
             restored_term,
+            handoff.clone(),
             rrx,
             shutdown,
         ));
@@ -83,6 +94,7 @@ impl Group {
             committed,
             last_leader_contact: AtomicU64::new(0),
             election: Mutex::new(ElectionState::default()),
+            handoff,
             proposals: ptx,
             reads: rtx,
         })
@@ -153,10 +165,24 @@ impl Group {
         self.raft.metrics().borrow().current_leader
     }
 
+    /// Starts (`Some`) or ends (`None`) handing leadership to a member.
+    pub fn set_handoff(&self, to: Option<NodeId>) {
+        self.handoff.store(to.unwrap_or(0), Ordering::SeqCst);
+    }
+
+    /// The member leadership is being handed to.
+    pub fn handoff(&self) -> Option<NodeId> {
+        handoff_target(&self.handoff)
+    }
+
     /// Records an AppendEntries from a leader.
     pub fn touch_leader_contact(&self, now_ms: u64) {
         self.last_leader_contact.store(now_ms, Ordering::Relaxed);
     }
+}
+
+fn handoff_target(h: &AtomicU64) -> Option<NodeId> {
+    Some(h.load(Ordering::SeqCst)).filter(|t| *t != 0)
 }
 
 /// Approximate encoded size of an operation, for the entry size cap.
@@ -202,6 +228,7 @@ fn fail_all(replies: Vec<oneshot::Sender<Result<Vec<OpOutcome>>>>, e: impl Fn() 
 async fn run_proposer(
     group: GroupId,
     raft: Raft,
+    handoff: Arc<AtomicU64>,
     mut rx: mpsc::UnboundedReceiver<Proposal>,
     shutdown: CancellationToken,
 ) {
@@ -237,6 +264,7 @@ async fn run_proposer(
             }
         }
         let raft = raft.clone();
+        let handing_to = handoff_target(&handoff);
         tokio::spawn(async move {
             let sizes: Vec<usize> = batch.iter().map(|p| p.ops.len()).collect();
             let (ops, replies): (Vec<Vec<MapOp>>, Vec<_>) =
@@ -254,6 +282,13 @@ async fn run_proposer(
             };
             if state != ServerState::Leader {
                 fail_all(replies, || Error::NotLeader { group, leader });
+                return;
+            }
+            if let Some(to) = handing_to {
+                fail_all(replies, || Error::NotLeader {
+                    group,
+                    leader: Some(to),
+                });
                 return;
             }
             let entry = MapBatch {
@@ -343,6 +378,7 @@ async fn run_read_barrier(
     group: GroupId,
     raft: Raft,
     restored_term: u64,
+    handoff: Arc<AtomicU64>,
     mut rx: mpsc::UnboundedReceiver<oneshot::Sender<Result<()>>>,
     shutdown: CancellationToken,
 ) {
@@ -355,6 +391,15 @@ async fn run_read_barrier(
         let mut waiting = vec![first];
         while let Ok(more) = rx.try_recv() {
             waiting.push(more);
+        }
+        if let Some(to) = handoff_target(&handoff) {
+            for w in waiting {
+                let _ = w.send(Err(Error::NotLeader {
+                    group,
+                    leader: Some(to),
+                }));
+            }
+            continue;
         }
         let term_before = raft.metrics().borrow().current_term;
         let check = tokio::time::timeout(READ_BARRIER_TIMEOUT, raft.ensure_linearizable()).await;

@@ -38,6 +38,7 @@ pub struct Liveness {
     /// Last answer of each peer, and whether it reported having the partition table.
     last_ok: Mutex<HashMap<NodeId, (Instant, bool)>>,
     down_after: Duration,
+    created: Instant,
 }
 
 impl Liveness {
@@ -46,6 +47,7 @@ impl Liveness {
         Liveness {
             last_ok: Mutex::new(HashMap::new()),
             down_after,
+            created: Instant::now(),
         }
     }
 
@@ -64,6 +66,14 @@ impl Liveness {
             .unwrap_or_else(|e| e.into_inner())
             .get(&id)
             .is_some_and(|(t, b)| *b && t.elapsed() < self.down_after)
+    }
+
+    /// How long `id` has not answered (since this member started, if it never did);
+    /// `None` while it answers.
+    pub fn down_for(&self, id: NodeId) -> Option<Duration> {
+        let last = self.last_ok.lock().unwrap_or_else(|e| e.into_inner());
+        let since = last.get(&id).map_or(self.created, |(t, _)| *t);
+        Some(since.elapsed()).filter(|d| *d >= self.down_after)
     }
 
     /// Whether `id` answered recently.
@@ -91,18 +101,14 @@ async fn pinger(grid: Arc<Grid>) {
             _ = tick.tick() => {}
         }
         let meta = grid.meta_state();
-        let peers: Vec<(NodeId, String)> = if meta.bootstrapped() {
-            meta.members
-                .values()
-                .map(|m| (m.id, m.addr.clone()))
-                .collect()
-        } else {
-            grid.config
-                .seeds()
-                .into_iter()
-                .map(|s| (s.id, s.addr))
-                .collect()
-        };
+        // Registered members, and initial members not registered yet.
+        let mut peers: HashMap<NodeId, String> = grid
+            .config
+            .seeds()
+            .into_iter()
+            .map(|s| (s.id, s.addr))
+            .collect();
+        peers.extend(meta.members.values().map(|m| (m.id, m.addr.clone())));
         let pings = peers
             .into_iter()
             .filter(|(id, _)| *id != grid.id)
@@ -141,7 +147,10 @@ async fn timers(grid: Arc<Grid>) {
         n += 1;
         let groups = grid.groups();
         if n % 4 == 0 {
-            for g in groups.iter().filter(|g| g.is_leader()) {
+            for g in groups
+                .iter()
+                .filter(|g| g.is_leader() && g.handoff().is_none())
+            {
                 let _ = g.raft.trigger().heartbeat().await;
             }
         }

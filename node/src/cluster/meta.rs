@@ -1,21 +1,24 @@
-//! The metadata group's replicated state: members, the partition table and grid settings.
+//! The metadata group's replicated state: members, the partition table, replica moves and
+//! grid settings.
 //!
-//! Only the metadata group applies [`MetaCommand`]s. Every member keeps the latest applied
-//! [`MetaState`] in a watch channel; partitions are created and routed from it.
+//! Only the metadata group applies [`MetaCommand`]s, and [`apply`] is a pure function of
+//! the state and the command, so every replica reaches the same state. Checks that depend on
+//! the state (may this member drain?) are made here, at apply time, not by the proposer.
+//! Every member keeps the latest applied [`MetaState`] in a watch channel; partitions are
+//! hosted, moved and routed from it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
 use crate::cluster::placement;
 use crate::raft::NodeId;
 
-/// Lifecycle of a member. Only `Active` is used until elastic membership lands; the other
-/// states are part of the stored format from the start.
+/// Lifecycle of a member.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum MemberState {
-    /// Registered, not yet holding replicas.
+    /// Registered, not yet given replicas.
     Joining,
     /// Holding replicas and serving.
     Active,
@@ -44,8 +47,50 @@ pub struct MemberInfo {
     pub id: NodeId,
     /// Advertised `host:port` of its HTTP endpoint (API and peer traffic).
     pub addr: String,
+    /// Failure zone (a Kubernetes node's `topology.kubernetes.io/zone`), if known.
+    #[serde(default)]
+    pub zone: Option<String>,
     /// Lifecycle state.
     pub state: MemberState,
+}
+
+/// One partition in the table.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartitionInfo {
+    /// Replicas the partition should have; the first is the preferred leader. During a move
+    /// the target is already listed and the source is not.
+    pub replicas: Vec<NodeId>,
+    /// Incremented by every start, end or cancel of a move. A group is initialized by its
+    /// first replica only at version 0 (as bootstrapped); after that, replicas are added by
+    /// the group's leader only.
+    pub version: u64,
+}
+
+/// Why a replica moves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MoveReason {
+    /// Evening out replica counts (a member joined).
+    Balance,
+    /// The source member is draining.
+    Drain,
+    /// The source member has been down past the grace period.
+    Failure,
+    /// The partition has fewer replicas than the replication factor.
+    Repair,
+}
+
+/// A replica move in progress: `to` is being added, then `from` (if any) removed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Move {
+    /// The replica being replaced (`None`: a replica is added).
+    pub from: Option<NodeId>,
+    /// The member receiving the replica.
+    pub to: NodeId,
+    /// Why.
+    pub reason: MoveReason,
+    /// When the metadata leader started it (ms since the epoch, its clock).
+    pub started_ms: u64,
 }
 
 /// The metadata group's state.
@@ -53,12 +98,18 @@ pub struct MemberInfo {
 pub struct MetaState {
     /// Number of partitions, fixed at bootstrap.
     pub partition_count: u32,
-    /// Replicas per partition.
+    /// Replicas per partition the grid aims for (fewer while there are fewer members).
     pub replication_factor: u32,
     /// Members by id.
     pub members: BTreeMap<NodeId, MemberInfo>,
-    /// Replicas of each partition; the first is the preferred leader.
-    pub partitions: Vec<Vec<NodeId>>,
+    /// The partition table.
+    pub partitions: Vec<PartitionInfo>,
+    /// Moves in progress, by partition (at most one per partition).
+    #[serde(default)]
+    pub moves: BTreeMap<u32, Move>,
+    /// Moves finished since bootstrap.
+    #[serde(default)]
+    pub moves_finished: u64,
     /// Incremented by every change.
     pub epoch: u64,
 }
@@ -73,84 +124,479 @@ impl MetaState {
     pub fn replicas(&self, p: u32) -> &[NodeId] {
         self.partitions
             .get(p as usize)
-            .map(Vec::as_slice)
+            .map(|i| i.replicas.as_slice())
             .unwrap_or(&[])
+    }
+
+    /// Version of partition `p`'s replica set.
+    pub fn version(&self, p: u32) -> u64 {
+        self.partitions.get(p as usize).map_or(0, |i| i.version)
     }
 
     /// Address of member `id`.
     pub fn addr(&self, id: NodeId) -> Option<&str> {
         self.members.get(&id).map(|m| m.addr.as_str())
     }
+
+    /// State of member `id`.
+    pub fn state(&self, id: NodeId) -> Option<MemberState> {
+        self.members.get(&id).map(|m| m.state)
+    }
+
+    /// Partitions `id` holds a replica of, or gives one away from.
+    pub fn held_by(&self, id: NodeId) -> impl Iterator<Item = u32> + '_ {
+        (0..self.partition_count).filter(move |p| {
+            self.replicas(*p).contains(&id) || self.moves.get(p).is_some_and(|m| m.from == Some(id))
+        })
+    }
+
+    /// Whether member `id` must keep a replica of `p`: it is listed, or a move away from it
+    /// has not finished.
+    pub fn hosts(&self, id: NodeId, p: u32) -> bool {
+        self.replicas(p).contains(&id) || self.moves.get(&p).is_some_and(|m| m.from == Some(id))
+    }
+
+    /// Active members.
+    pub fn active(&self) -> impl Iterator<Item = &MemberInfo> {
+        self.members
+            .values()
+            .filter(|m| m.state == MemberState::Active)
+    }
 }
 
 /// A change of the metadata state.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum MetaCommand {
-    /// Records the initial members and creates the partition table; ignored once done.
+    /// Registers a member or updates its address and zone. A decommissioned member that
+    /// comes back joins again (it holds nothing).
+    Join {
+        /// Member id.
+        id: NodeId,
+        /// Advertised address.
+        addr: String,
+        /// Failure zone.
+        zone: Option<String>,
+    },
+    /// Makes the listed registered members active and creates the partition table; ignored
+    /// once done.
     Bootstrap {
-        /// The initial members.
-        members: Vec<MemberInfo>,
+        /// The initial members (registered before).
+        members: Vec<NodeId>,
         /// Number of partitions.
         partition_count: u32,
-        /// Requested replicas per partition (capped at the member count).
+        /// Replicas per partition.
         replication_factor: u32,
+    },
+    /// A joining member becomes active (and eligible for replicas).
+    Activate {
+        /// Member id.
+        id: NodeId,
+    },
+    /// Starts moving every replica off a member. Refused when the active members left
+    /// would be fewer than the replication factor.
+    Drain {
+        /// Member id.
+        id: NodeId,
+    },
+    /// A draining member that holds nothing is decommissioned.
+    Decommission {
+        /// Member id.
+        id: NodeId,
+    },
+    /// Starts a move (see [`Move`]).
+    StartMove {
+        /// Partition.
+        partition: u32,
+        /// Replica replaced, if any.
+        from: Option<NodeId>,
+        /// New replica.
+        to: NodeId,
+        /// Why.
+        reason: MoveReason,
+        /// Start time (ms since the epoch).
+        now_ms: u64,
+    },
+    /// The partition's Raft voters now equal its table entry: the move is done.
+    FinishMove {
+        /// Partition.
+        partition: u32,
+        /// The group's voters, as its leader committed them.
+        voters: Vec<NodeId>,
+    },
+    /// Rolls a move back: the source is listed again, the target not.
+    CancelMove {
+        /// Partition.
+        partition: u32,
+    },
+    /// Makes `leader` the partition's preferred leader (first in its replica list).
+    SetPreferredLeader {
+        /// Partition.
+        partition: u32,
+        /// One of its replicas.
+        leader: NodeId,
     },
 }
 
-/// Applies `cmd`; returns whether it changed anything.
-pub fn apply(state: &mut MetaState, cmd: &MetaCommand) -> bool {
+/// What applying a [`MetaCommand`] did.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MetaOutcome {
+    /// The state changed.
+    Applied,
+    /// Nothing to do (already so, or no longer applicable).
+    Unchanged,
+    /// Refused, with an error code and a message for the caller.
+    Refused {
+        /// Machine-readable code (`member_not_found`, `drain_refused`, ...).
+        code: String,
+        /// What was wrong.
+        message: String,
+    },
+}
+
+fn refused(code: &str, message: String) -> MetaOutcome {
+    MetaOutcome::Refused {
+        code: code.into(),
+        message,
+    }
+}
+
+/// Applies `cmd` to `state`.
+pub fn apply(state: &mut MetaState, cmd: &MetaCommand) -> MetaOutcome {
+    let outcome = apply_inner(state, cmd);
+    if outcome == MetaOutcome::Applied {
+        state.epoch += 1;
+    }
+    outcome
+}
+
+fn apply_inner(s: &mut MetaState, cmd: &MetaCommand) -> MetaOutcome {
     match cmd {
+        MetaCommand::Join { id, addr, zone } => match s.members.get_mut(id) {
+            Some(m) if m.addr == *addr && m.zone == *zone => {
+                if m.state == MemberState::Decommissioned {
+                    m.state = MemberState::Joining;
+                    MetaOutcome::Applied
+                } else {
+                    MetaOutcome::Unchanged
+                }
+            }
+            Some(m) => {
+                m.addr = addr.clone();
+                m.zone = zone.clone();
+                if m.state == MemberState::Decommissioned {
+                    m.state = MemberState::Joining;
+                }
+                MetaOutcome::Applied
+            }
+            None if *id == 0 => refused("invalid_member", "member id 0 is reserved".into()),
+            None => {
+                s.members.insert(
+                    *id,
+                    MemberInfo {
+                        id: *id,
+                        addr: addr.clone(),
+                        zone: zone.clone(),
+                        state: MemberState::Joining,
+                    },
+                );
+                MetaOutcome::Applied
+            }
+        },
         MetaCommand::Bootstrap {
             members,
             partition_count,
             replication_factor,
         } => {
-            if state.bootstrapped() || members.is_empty() || *partition_count == 0 {
-                return false;
+            if s.bootstrapped() || *partition_count == 0 {
+                return MetaOutcome::Unchanged;
             }
-            state.members = members.iter().map(|m| (m.id, m.clone())).collect();
-            let ids: Vec<NodeId> = state.members.keys().copied().collect();
-            let rf = (*replication_factor).clamp(1, ids.len() as u32);
-            state.partition_count = *partition_count;
-            state.replication_factor = rf;
-            state.partitions = placement::initial(&ids, *partition_count, rf);
-            state.epoch += 1;
-            true
+            let ids: BTreeSet<NodeId> = members
+                .iter()
+                .copied()
+                .filter(|id| s.members.contains_key(id))
+                .collect();
+            if ids.is_empty() {
+                return refused("no_members", "no registered member to bootstrap".into());
+            }
+            for id in &ids {
+                if let Some(m) = s.members.get_mut(id) {
+                    m.state = MemberState::Active;
+                }
+            }
+            let candidates: Vec<(NodeId, Option<String>)> = ids
+                .iter()
+                .filter_map(|id| s.members.get(id).map(|m| (m.id, m.zone.clone())))
+                .collect();
+            s.partition_count = *partition_count;
+            s.replication_factor = (*replication_factor).max(1);
+            s.partitions = placement::initial(&candidates, *partition_count, s.replication_factor)
+                .into_iter()
+                .map(|replicas| PartitionInfo {
+                    replicas,
+                    version: 0,
+                })
+                .collect();
+            MetaOutcome::Applied
+        }
+        MetaCommand::Activate { id } => match s.members.get_mut(id) {
+            Some(m) if m.state == MemberState::Joining && !s.partitions.is_empty() => {
+                m.state = MemberState::Active;
+                MetaOutcome::Applied
+            }
+            _ => MetaOutcome::Unchanged,
+        },
+        MetaCommand::Drain { id } => {
+            let Some(state) = s.state(*id) else {
+                return refused("member_not_found", format!("member {id} is not a member"));
+            };
+            match state {
+                MemberState::Draining | MemberState::Decommissioned => MetaOutcome::Unchanged,
+                MemberState::Joining => {
+                    set_state(s, *id, MemberState::Decommissioned);
+                    MetaOutcome::Applied
+                }
+                MemberState::Active => {
+                    let left = s.active().filter(|m| m.id != *id).count() as u32;
+                    if left < s.replication_factor {
+                        return refused(
+                            "drain_refused",
+                            format!(
+                                "draining member {id} would leave {left} active member(s), \
+                                 fewer than the replication factor {}",
+                                s.replication_factor
+                            ),
+                        );
+                    }
+                    set_state(s, *id, MemberState::Draining);
+                    MetaOutcome::Applied
+                }
+            }
+        }
+        MetaCommand::Decommission { id } => {
+            if s.state(*id) != Some(MemberState::Draining) || s.held_by(*id).next().is_some() {
+                return MetaOutcome::Unchanged;
+            }
+            set_state(s, *id, MemberState::Decommissioned);
+            MetaOutcome::Applied
+        }
+        MetaCommand::StartMove {
+            partition,
+            from,
+            to,
+            reason,
+            now_ms,
+        } => {
+            let p = *partition;
+            let Some(info) = s.partitions.get(p as usize) else {
+                return refused("invalid_move", format!("partition {p} does not exist"));
+            };
+            let valid = !s.moves.contains_key(&p)
+                && s.state(*to) == Some(MemberState::Active)
+                && !info.replicas.contains(to)
+                && from.is_none_or(|f| info.replicas.contains(&f));
+            if !valid {
+                return MetaOutcome::Unchanged;
+            }
+            if let Some(info) = s.partitions.get_mut(p as usize) {
+                info.replicas.retain(|r| Some(*r) != *from);
+                info.replicas.push(*to);
+                info.version += 1;
+            }
+            s.moves.insert(
+                p,
+                Move {
+                    from: *from,
+                    to: *to,
+                    reason: *reason,
+                    started_ms: *now_ms,
+                },
+            );
+            MetaOutcome::Applied
+        }
+        MetaCommand::FinishMove { partition, voters } => {
+            let done = s.moves.contains_key(partition) && same_set(s.replicas(*partition), voters);
+            if !done {
+                return MetaOutcome::Unchanged;
+            }
+            s.moves.remove(partition);
+            s.moves_finished += 1;
+            if let Some(info) = s.partitions.get_mut(*partition as usize) {
+                info.version += 1;
+            }
+            MetaOutcome::Applied
+        }
+        MetaCommand::CancelMove { partition } => {
+            let Some(mv) = s.moves.remove(partition) else {
+                return MetaOutcome::Unchanged;
+            };
+            if let Some(info) = s.partitions.get_mut(*partition as usize) {
+                info.replicas.retain(|r| *r != mv.to);
+                if let Some(f) = mv.from {
+                    info.replicas.push(f);
+                }
+                info.version += 1;
+            }
+            MetaOutcome::Applied
+        }
+        MetaCommand::SetPreferredLeader { partition, leader } => {
+            match s.partitions.get_mut(*partition as usize) {
+                Some(info) if info.replicas.first() != Some(leader) => {
+                    let Some(i) = info.replicas.iter().position(|r| r == leader) else {
+                        return MetaOutcome::Unchanged;
+                    };
+                    let l = info.replicas.remove(i);
+                    info.replicas.insert(0, l);
+                    MetaOutcome::Applied
+                }
+                _ => MetaOutcome::Unchanged,
+            }
         }
     }
 }
 
+fn set_state(s: &mut MetaState, id: NodeId, state: MemberState) {
+    if let Some(m) = s.members.get_mut(&id) {
+        m.state = state;
+    }
+}
+
+fn same_set(a: &[NodeId], b: &[NodeId]) -> bool {
+    a.iter().collect::<BTreeSet<_>>() == b.iter().collect::<BTreeSet<_>>()
+}
+
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn member(id: NodeId) -> MemberInfo {
-        MemberInfo {
+    pub(crate) fn join(s: &mut MetaState, id: NodeId, zone: Option<&str>) {
+        let cmd = MetaCommand::Join {
             id,
             addr: format!("127.0.0.1:{}", 7000 + id),
-            state: MemberState::Active,
+            zone: zone.map(str::to_string),
+        };
+        assert_eq!(apply(s, &cmd), MetaOutcome::Applied);
+    }
+
+    /// A bootstrapped grid of members `1..=n`.
+    pub(crate) fn grid(n: u64, partitions: u32, rf: u32) -> MetaState {
+        let mut s = MetaState::default();
+        for id in 1..=n {
+            join(&mut s, id, None);
         }
+        let cmd = MetaCommand::Bootstrap {
+            members: (1..=n).collect(),
+            partition_count: partitions,
+            replication_factor: rf,
+        };
+        assert_eq!(apply(&mut s, &cmd), MetaOutcome::Applied);
+        s
     }
 
     #[test]
-    fn bootstrap_happens_once_and_caps_replication() {
-        let mut s = MetaState::default();
-        let cmd = MetaCommand::Bootstrap {
-            members: vec![member(1), member(2)],
-            partition_count: 7,
-            replication_factor: 3,
-        };
-        assert!(apply(&mut s, &cmd));
-        assert_eq!(s.replication_factor, 2);
+    fn bootstrap_happens_once_with_registered_members() {
+        let mut s = grid(2, 7, 3);
+        assert_eq!(s.replication_factor, 3);
         assert_eq!(s.partitions.len(), 7);
-        assert!(s.partitions.iter().all(|r| r.len() == 2));
+        assert!(s.partitions.iter().all(|r| r.replicas.len() == 2));
+        assert!(s.members.values().all(|m| m.state == MemberState::Active));
         let again = MetaCommand::Bootstrap {
-            members: vec![member(9)],
+            members: vec![9],
             partition_count: 3,
             replication_factor: 1,
         };
-        assert!(!apply(&mut s, &again));
+        assert_eq!(apply(&mut s, &again), MetaOutcome::Unchanged);
         assert_eq!(s.members.len(), 2);
-        assert_eq!(s.epoch, 1);
+        // Join of a known member with the same address changes nothing.
+        let same = MetaCommand::Join {
+            id: 1,
+            addr: "127.0.0.1:7001".into(),
+            zone: None,
+        };
+        assert_eq!(apply(&mut s, &same), MetaOutcome::Unchanged);
+        let mut fresh = MetaState::default();
+        let unregistered = MetaCommand::Bootstrap {
+            members: vec![1],
+            partition_count: 3,
+            replication_factor: 1,
+        };
+        assert!(matches!(
+            apply(&mut fresh, &unregistered),
+            MetaOutcome::Refused { .. }
+        ));
+    }
+
+    #[test]
+    fn drain_is_refused_below_the_replication_factor() {
+        let mut s = grid(3, 8, 3);
+        let out = apply(&mut s, &MetaCommand::Drain { id: 2 });
+        assert!(
+            matches!(&out, MetaOutcome::Refused { code, .. } if code == "drain_refused"),
+            "{out:?}"
+        );
+        assert!(matches!(
+            apply(&mut s, &MetaCommand::Drain { id: 9 }),
+            MetaOutcome::Refused { code, .. } if code == "member_not_found"
+        ));
+        join(&mut s, 4, None);
+        assert_eq!(
+            apply(&mut s, &MetaCommand::Activate { id: 4 }),
+            MetaOutcome::Applied
+        );
+        assert_eq!(
+            apply(&mut s, &MetaCommand::Drain { id: 2 }),
+            MetaOutcome::Applied
+        );
+        assert_eq!(s.state(2), Some(MemberState::Draining));
+        // Still holding replicas: not decommissioned yet.
+        assert_eq!(
+            apply(&mut s, &MetaCommand::Decommission { id: 2 }),
+            MetaOutcome::Unchanged
+        );
+    }
+
+    #[test]
+    fn a_move_lists_the_target_then_finishes_or_rolls_back() {
+        let mut s = grid(3, 4, 3);
+        join(&mut s, 4, None);
+        apply(&mut s, &MetaCommand::Activate { id: 4 });
+        let before = s.replicas(0).to_vec();
+        let start = MetaCommand::StartMove {
+            partition: 0,
+            from: Some(before[1]),
+            to: 4,
+            reason: MoveReason::Balance,
+            now_ms: 1,
+        };
+        assert_eq!(apply(&mut s, &start), MetaOutcome::Applied);
+        assert!(s.replicas(0).contains(&4) && !s.replicas(0).contains(&before[1]));
+        assert!(
+            s.hosts(before[1], 0),
+            "the source keeps its replica meanwhile"
+        );
+        assert_eq!(s.version(0), 1);
+        assert_eq!(
+            apply(&mut s, &start),
+            MetaOutcome::Unchanged,
+            "one move at a time"
+        );
+        // Finishing needs the group's voters to match the table.
+        let wrong = MetaCommand::FinishMove {
+            partition: 0,
+            voters: before.clone(),
+        };
+        assert_eq!(apply(&mut s, &wrong), MetaOutcome::Unchanged);
+        let mut rolled = s.clone();
+        assert_eq!(
+            apply(&mut rolled, &MetaCommand::CancelMove { partition: 0 }),
+            MetaOutcome::Applied
+        );
+        assert!(same_set(rolled.replicas(0), &before));
+        let done = MetaCommand::FinishMove {
+            partition: 0,
+            voters: s.replicas(0).to_vec(),
+        };
+        assert_eq!(apply(&mut s, &done), MetaOutcome::Applied);
+        assert!(!s.hosts(before[1], 0));
+        assert_eq!((s.moves.len(), s.moves_finished, s.version(0)), (0, 1, 2));
     }
 }

@@ -3,17 +3,21 @@
 //!
 //! - [`grid`]: the [`Grid`] that owns everything below and serves the API and peers
 //! - [`group`]: one Raft group with its write batcher and read barrier
-//! - [`bootstrap`]: first start (metadata group, partition table) and partition creation
+//! - [`bootstrap`]: first start, registration, opening and deleting hosted replicas
 //! - [`liveness`]: member pings, coalesced heartbeats and elections for all groups
 //! - [`expiry`]: the TTL sweeper of partition leaders
-//! - [`meta`], [`placement`]: the replicated metadata and where replicas go
+//! - [`meta`]: the replicated metadata (members, partition table, moves)
+//! - [`placement`]: where replicas go (pure rules); [`driver`]: the metadata leader's loop
+//!   that applies them; [`mover`]: partition leaders carrying out moves and handoffs
 
 pub mod bootstrap;
+pub mod driver;
 pub mod expiry;
 pub mod grid;
 pub mod group;
 pub mod liveness;
 pub mod meta;
+pub mod mover;
 pub mod placement;
 
 pub use grid::Grid;

@@ -66,8 +66,8 @@ pub enum Request {
 pub enum Response {
     /// Nothing to report (blank and membership entries).
     None,
-    /// The metadata command was applied (`false`: it had no effect).
-    Meta(bool),
+    /// What the metadata command did.
+    Meta(crate::cluster::meta::MetaOutcome),
     /// One outcome per operation of a [`MapBatch`].
     Map(Vec<OpOutcome>),
 }

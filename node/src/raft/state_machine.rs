@@ -113,11 +113,11 @@ impl StateMachineStore {
                     Some(b) => decode(&b)?,
                     None => MetaState::default(),
                 };
-                let changed = meta::apply(&mut state, cmd);
-                if changed {
+                let outcome = meta::apply(&mut state, cmd);
+                if outcome == meta::MetaOutcome::Applied {
                     view.put(&[sm_space::META], encode(&state)?);
                 }
-                Response::Meta(changed)
+                Response::Meta(outcome)
             }
             // A request proposed to the wrong kind of group changes nothing, on every replica.
             _ => Response::None,
@@ -155,7 +155,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                     Response::None
                 }
             };
-            meta_changed |= matches!(resp, Response::Meta(true));
+            meta_changed |= matches!(resp, Response::Meta(meta::MetaOutcome::Applied));
             out.push(resp);
         }
         view.put(

@@ -96,6 +96,27 @@ impl Storage {
     }
 }
 
+impl Storage {
+    /// Deletes everything of `group` (log, vote, state machine, snapshot) and flushes: the
+    /// member gave its replica away. The group must not be running.
+    pub async fn drop_group(&self, group: u32) -> Result<()> {
+        let prefix = group.to_be_bytes();
+        for tree in [
+            &self.log,
+            &self.raft_state,
+            &self.state_machine,
+            &self.snapshots,
+        ] {
+            let mut batch = sled::Batch::default();
+            for key in tree.scan_prefix(prefix).keys() {
+                batch.remove(key?);
+            }
+            tree.apply_batch(batch)?;
+        }
+        self.flusher.flush().await.map_err(Error::Storage)
+    }
+}
+
 /// Key of `suffix` in `group`'s range.
 pub fn group_key(group: u32, suffix: &[u8]) -> Vec<u8> {
     let mut k = Vec::with_capacity(4 + suffix.len());

@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 
 pub use client::{Lane, Transport, TransportError};
 
+use crate::cluster::meta::{MetaCommand, MetaOutcome};
 use crate::raft::{GroupId, NodeId, TypeConfig};
 use crate::structures::map::{MapOp, OpOutcome, Record};
 
@@ -58,6 +59,20 @@ pub enum PeerRequest {
     },
     /// This member's view of its groups.
     Status,
+    /// A metadata command for the metadata leader. A member that does not lead the metadata
+    /// group passes it on to the leader it knows, once (`forwarded` is then true).
+    Meta {
+        /// The command.
+        cmd: MetaCommand,
+        /// Already passed on by another member.
+        forwarded: bool,
+    },
+    /// Asks this member to campaign for the group's leadership: its leader is handing it
+    /// over and has stopped taking writes.
+    Elect {
+        /// The group.
+        group: GroupId,
+    },
 }
 
 /// The Raft RPCs openraft sends.
@@ -95,6 +110,10 @@ pub enum PeerResponse {
     Read(Result<Vec<Option<Record>>, WireError>),
     /// Answer to [`PeerRequest::Status`].
     Status(MemberStatus),
+    /// Answer to [`PeerRequest::Meta`].
+    Meta(Result<MetaOutcome, WireError>),
+    /// Request accepted.
+    Accepted,
     /// The request could not be decoded or handled.
     Invalid(String),
 }
@@ -116,6 +135,13 @@ pub enum WireError {
     Unavailable(String),
     /// A write may or may not have been applied.
     OutcomeUnknown(String),
+    /// Refused in the grid's current state.
+    Refused {
+        /// Machine-readable code.
+        code: String,
+        /// Why.
+        message: String,
+    },
     /// Anything else.
     Other(String),
 }
@@ -128,6 +154,7 @@ impl WireError {
             crate::Error::NotDelivered { member, .. } => WireError::NotHosted { member },
             crate::Error::Unavailable { message, .. } => WireError::Unavailable(message),
             crate::Error::OutcomeUnknown { message, .. } => WireError::OutcomeUnknown(message),
+            crate::Error::Refused { code, message } => WireError::Refused { code, message },
             other => WireError::Other(other.to_string()),
         }
     }
@@ -143,6 +170,7 @@ impl WireError {
             },
             WireError::Unavailable(message) => crate::Error::Unavailable { group, message },
             WireError::OutcomeUnknown(message) => crate::Error::OutcomeUnknown { group, message },
+            WireError::Refused { code, message } => crate::Error::Refused { code, message },
             WireError::Other(m) => crate::Error::Internal(m),
         }
     }
@@ -163,4 +191,19 @@ pub struct MemberStatus {
     pub leaderless: Vec<u32>,
     /// Whether this member leads the metadata group.
     pub meta_leader: bool,
+    /// Moves and handoffs this member is carrying out as partition leader.
+    #[serde(default)]
+    pub moves: Vec<MoveProgress>,
+}
+
+/// A partition leader's progress on a move or a leadership handoff.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct MoveProgress {
+    /// Partition.
+    pub partition: u32,
+    /// `adding_learner`, `catching_up`, `joint_consensus`, `removing_learners`, `finishing`
+    /// or `handing_off`.
+    pub phase: String,
+    /// Log entries the slowest new replica is behind the leader.
+    pub lag: u64,
 }

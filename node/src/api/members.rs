@@ -1,0 +1,66 @@
+//! Members: list, one member's state and replicas left, and drain.
+
+use std::sync::Arc;
+
+use axum::extract::rejection::PathRejection;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+
+use super::ApiError;
+use crate::cluster::meta::{MetaCommand, MetaOutcome};
+use crate::cluster::Grid;
+use crate::raft::NodeId;
+use crate::{Error, Result};
+
+fn member_id(path: Result<Path<String>, PathRejection>) -> Result<NodeId> {
+    let Path(id) = path.map_err(|e| Error::bad_request("invalid_path", e.body_text()))?;
+    id.parse::<NodeId>()
+        .ok()
+        .filter(|id| *id > 0)
+        .ok_or_else(|| {
+            Error::bad_request(
+                "invalid_member_id",
+                format!("member id {id:?} is not a positive number"),
+            )
+        })
+}
+
+/// `GET /v1/members`: every registered member with its state and replicas.
+pub async fn list(State(grid): State<Arc<Grid>>) -> Response {
+    Json(grid.cluster_view().await.members).into_response()
+}
+
+/// `GET /v1/members/{id}`: state (`joining`, `active`, `draining`, `decommissioned`),
+/// replicas left (`partitions_held`) and leaderships.
+pub async fn get(
+    State(grid): State<Arc<Grid>>,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Response, ApiError> {
+    let id = member_id(path)?;
+    match grid.member_view(id).await {
+        Some(m) => Ok(Json(m).into_response()),
+        None => Err(Error::NotFound(format!("member {id} is not a member")).into()),
+    }
+}
+
+/// `POST /v1/members/{id}/drain`: moves every replica off the member; it is then
+/// decommissioned and can be stopped. 202 with the member's view; 409 `drain_refused` when
+/// too few active members would be left for the replication factor.
+pub async fn drain(
+    State(grid): State<Arc<Grid>>,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Response, ApiError> {
+    let id = member_id(path)?;
+    if !grid.meta_state().members.contains_key(&id) {
+        return Err(Error::NotFound(format!("member {id} is not a member")).into());
+    }
+    if let MetaOutcome::Refused { code, message } =
+        grid.propose_meta(MetaCommand::Drain { id }).await?
+    {
+        return Err(Error::Refused { code, message }.into());
+    }
+    let view = grid.member_view(id).await;
+    Ok((StatusCode::ACCEPTED, Json(view)).into_response())
+}
