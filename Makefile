@@ -5,16 +5,21 @@ DATA_DIR ?= .devicegrid
 BASE_PORT ?= 7001
 NODES ?= 3
 
-.PHONY: run test lint fmt toolchain build release bench clean
+.PHONY: run test lint fmt toolchain build release bench clean lincheck
 
 ## run: build and start a local 3-member grid on 127.0.0.1:7001-7003 (data in ./.devicegrid)
 run: release
 	./target/release/devicegrid dev --nodes $(NODES) --data-dir $(DATA_DIR) --base-port $(BASE_PORT)
 
 ## test: formatting, lints and every test (unit, storage suite, multi-process cluster tests)
-test: toolchain lint
+test: toolchain lint lincheck
 	$(CARGO) test --workspace --all-targets
 	$(CARGO) test --workspace --doc
+
+## lincheck: build the linearizability checker (Go, porcupine) once into .cache and test it
+lincheck:
+	scripts/lincheck-bin.sh >/dev/null
+	cd tools/lincheck && c=$${DEVICEGRID_CACHE:-$(CURDIR)/.cache} && GOMODCACHE=$$c/go/mod GOCACHE=$$c/go/build GOTOOLCHAIN=local CGO_ENABLED=0 GOFLAGS=-mod=readonly go test ./...
 
 lint: toolchain
 	$(CARGO) fmt --all -- --check

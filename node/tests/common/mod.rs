@@ -2,6 +2,9 @@
 
 #![allow(dead_code)] // each test file uses a different part of the harness
 
+pub mod history;
+pub mod workload;
+
 use std::future::Future;
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
