@@ -151,7 +151,10 @@ fn bad_flags_fail_with_a_message() {
             &["serve", "--partitions", "0"],
             "partitions must be between",
         ),
-        (&["serve", "--min-members", "0"], "min_members must be at least 1"),
+        (
+            &["serve", "--min-members", "0"],
+            "min_members must be at least 1",
+        ),
         (
             &["serve", "--initial-members", "1=nohost"],
             "is not host:port",

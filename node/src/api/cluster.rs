@@ -51,3 +51,20 @@ pub async fn metrics(State(grid): State<Arc<Grid>>) -> Response {
     )
         .into_response()
 }
+
+/// `GET /v1/partitions`: the partition table: replicas (preferred leader first), version,
+/// and the move in progress, if any.
+pub async fn partitions(State(grid): State<Arc<Grid>>) -> Response {
+    let meta = grid.meta_state();
+    let table: Vec<serde_json::Value> = (0..meta.partition_count)
+        .map(|p| {
+            json!({
+                "partition": p,
+                "replicas": meta.replicas(p),
+                "version": meta.version(p),
+                "move": meta.moves.get(&p),
+            })
+        })
+        .collect();
+    Json(table).into_response()
+}

@@ -7,7 +7,7 @@
 //! | `POST /v1/maps/{map}/{key}/process` | [`maps`]: entry processors |
 //! | `POST /v1/batch/maps/{map}/put`, `.../get` | [`maps`]: many keys at once |
 //! | `GET /v1/members`, `GET /v1/members/{id}`, `POST /v1/members/{id}/drain` | [`members`] |
-//! | `GET /v1/cluster`, `/healthz`, `/readyz`, `/metrics` | [`cluster`] |
+//! | `GET /v1/cluster`, `/v1/partitions`, `/healthz`, `/readyz`, `/metrics` | [`cluster`] |
 //! | `POST /internal/v1/peer` | [`internal`]: Raft and forwarding between members |
 
 pub mod cluster;
@@ -56,6 +56,7 @@ pub fn router(grid: Arc<Grid>) -> Router {
         .route("/v1/members/{id}", get(members::get))
         .route("/v1/members/{id}/drain", post(members::drain))
         .route("/v1/cluster", get(cluster::cluster))
+        .route("/v1/partitions", get(cluster::partitions))
         .route("/healthz", get(cluster::healthz))
         .route("/readyz", get(cluster::readyz))
         .route("/metrics", get(cluster::metrics))

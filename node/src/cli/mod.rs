@@ -32,7 +32,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run one member. Settings come from --config (YAML), then environment, then flags.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Run a local grid: N members, each its own process, on 127.0.0.1.
     Dev(dev::DevArgs),
 }

@@ -21,6 +21,10 @@ pub struct TestGrid {
     pub partitions: u32,
     procs: Vec<Option<Child>>,
     extra_args: Vec<String>,
+    /// Per-member extra flags (e.g. `--zone`), by id.
+    member_args: std::collections::BTreeMap<u64, Vec<String>>,
+    /// Members `1..=initial` are the initial members; later ones join through them.
+    initial: usize,
     pub http: reqwest::Client,
 }
 
@@ -43,8 +47,19 @@ impl TestGrid {
 
     /// Like [`Self::start`], with extra `serve` flags for every member.
     pub fn start_with(n: usize, partitions: u32, extra: &[&str]) -> Self {
-        let mut g = TestGrid {
+        let mut g = Self::new(n, partitions, extra);
+        for id in 1..=n as u64 {
+            g.spawn(id);
+        }
+        g
+    }
+
+    /// A grid of `n` initial members, none started yet (see [`Self::spawn`]).
+    pub fn new(n: usize, partitions: u32, extra: &[&str]) -> Self {
+        TestGrid {
             extra_args: extra.iter().map(|s| s.to_string()).collect(),
+            member_args: Default::default(),
+            initial: n,
             dir: tempfile::tempdir().expect("tempdir"),
             ports: free_ports(n),
             partitions,
@@ -53,11 +68,89 @@ impl TestGrid {
                 .timeout(Duration::from_secs(15))
                 .build()
                 .expect("client"),
-        };
-        for id in 1..=n as u64 {
-            g.spawn(id);
         }
-        g
+    }
+
+    /// Sets extra flags for member `id` (used from its next start on).
+    pub fn set_member_args(&mut self, id: u64, args: &[&str]) {
+        self.member_args
+            .insert(id, args.iter().map(|s| s.to_string()).collect());
+    }
+
+    /// Starts one more member that joins the grid through the initial members; its id.
+    pub fn add_member(&mut self) -> u64 {
+        let taken: Vec<TcpListener> = self
+            .ports
+            .iter()
+            .filter_map(|p| TcpListener::bind(("127.0.0.1", *p)).ok())
+            .collect();
+        let port = free_ports(1)[0];
+        drop(taken);
+        self.ports.push(port);
+        self.procs.push(None);
+        let id = self.ports.len() as u64;
+        self.spawn(id);
+        id
+    }
+
+    /// Whether member `id`'s process is running (started and not killed or stopped).
+    pub fn running(&self, id: u64) -> bool {
+        self.procs[id as usize - 1].is_some()
+    }
+
+    /// SIGSTOP or SIGCONT of member `id`'s process.
+    pub fn signal(&self, id: u64, sig: Signal) {
+        if let Some(c) = &self.procs[id as usize - 1] {
+            kill(Pid::from_raw(c.id() as i32), sig).expect("signal");
+        }
+    }
+
+    /// `GET /v1/cluster` from member `id`.
+    pub async fn cluster(&self, id: u64) -> Result<Value, String> {
+        let resp = self
+            .http
+            .get(format!("{}/v1/cluster", self.url(id)))
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        resp.json().await.map_err(|e| e.to_string())
+    }
+
+    /// Waits until member `via` reports the grid balanced with exactly `active` active
+    /// members; returns the last view, or the error with the view and logs.
+    pub async fn wait_balanced(&self, via: u64, active: &[u64], timeout: Duration) -> Value {
+        let deadline = Instant::now() + timeout;
+        let mut last = Value::Null;
+        loop {
+            if let Ok(v) = self.cluster(via).await {
+                let mut ids: Vec<u64> = v["members"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter(|m| m["state"] == "active")
+                    .filter_map(|m| m["id"].as_u64())
+                    .collect();
+                ids.sort_unstable();
+                if v["balance"]["balanced"] == true && ids == active {
+                    return v;
+                }
+                last = v;
+            }
+            if Instant::now() > deadline {
+                let logs: Vec<String> = self
+                    .ids()
+                    .iter()
+                    .filter(|id| self.running(**id))
+                    .map(|id| format!("--- member {id} ---\n{}", self.log_tail(*id)))
+                    .collect();
+                panic!(
+                    "grid not balanced over {active:?} within {timeout:?}; last view:\n{}\n{}",
+                    serde_json::to_string_pretty(&last).unwrap_or_default(),
+                    logs.join("\n")
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
     }
 
     pub fn ids(&self) -> Vec<u64> {
@@ -70,10 +163,8 @@ impl TestGrid {
 
     /// Starts (or restarts) member `id` on its data directory.
     pub fn spawn(&mut self, id: u64) {
-        let seeds: Vec<String> = self
-            .ids()
-            .iter()
-            .map(|i| format!("{i}=127.0.0.1:{}", self.ports[*i as usize - 1]))
+        let seeds: Vec<String> = (1..=self.initial as u64)
+            .map(|i| format!("{i}=127.0.0.1:{}", self.ports[i as usize - 1]))
             .collect();
         let dir = self.dir.path().join(format!("member-{id}"));
         std::fs::create_dir_all(&dir).expect("member dir");
@@ -95,7 +186,8 @@ impl TestGrid {
             .args(["--partitions", &self.partitions.to_string()])
             .args(["--request-timeout-ms", "3000"])
             .args(&self.extra_args)
-            .env("RUST_LOG", "warn,openraft=error")
+            .args(self.member_args.get(&id).into_iter().flatten())
+            .env("RUST_LOG", "info,openraft=error")
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
             .stderr(log)
