@@ -68,6 +68,9 @@ pub struct Config {
     pub failure_grace_ms: u64,
     /// Replica moves in progress at once, grid-wide.
     pub max_moves: u32,
+    /// Source address of connections to other members (default: chosen by the OS), for
+    /// hosts with several addresses.
+    pub peer_source_ip: Option<std::net::IpAddr>,
     /// Partitions of a new grid (fixed once bootstrapped).
     pub partitions: u32,
     /// Replicas per partition (capped at the member count).
@@ -94,6 +97,7 @@ impl Default for Config {
             min_members: None,
             failure_grace_ms: 60_000,
             max_moves: 8,
+            peer_source_ip: None,
             partitions: 271,
             replication_factor: 3,
             cluster_name: "devicegrid".into(),

@@ -48,6 +48,7 @@ async fn wait_writes(w: &Workload, n: u64, what: &str) {
 /// history: every final read returns a value some acknowledged or possible write left, and
 /// the history is linearizable.
 async fn stop_and_check(name: &str, w: Workload, via: String) {
+    eprintln!("{name}: last client errors: {:#?}", w.recent_errors());
     let history: History = tokio::task::spawn_blocking(move || {
         let h = w.stop();
         let client = Client::new(999, "lin", Duration::from_secs(12));
@@ -132,6 +133,8 @@ async fn members_join_and_drain_under_load() {
 
     // 3 -> 5: the new members receive replicas and leaderships.
     let (a, b) = (grid.add_member(), grid.add_member());
+    // Clients use a member once it is ready, as behind a Kubernetes Service.
+    grid.wait_ready(Duration::from_secs(60)).await;
     set_members(&urls, &grid, &[1, 2, 3, a, b]);
     let view = grid
         .wait_balanced(1, &[1, 2, 3, 4, 5], Duration::from_secs(150))
@@ -177,6 +180,7 @@ async fn moves_survive_kill9_and_a_paused_leader() {
     let (urls, w) = workload(&grid, &[1, 2, 3]);
     wait_writes(&w, 100, "writes before the join").await;
     let (a, b) = (grid.add_member(), grid.add_member());
+    grid.wait_ready(Duration::from_secs(60)).await;
     set_members(&urls, &grid, &[1, 2, 3, a, b]);
 
     // kill -9 of an initial member (source of moves, maybe the metadata leader) mid-move.
@@ -349,4 +353,60 @@ async fn bootstrap_waits_for_min_members_and_spreads_zones() {
             .collect();
         assert_eq!(zones.len(), 3, "replicas in distinct zones: {p}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_partitioned_member_serves_nothing_stale_and_rejoins() {
+    let mut grid = TestGrid::with_faults(3, 32, &["--max-moves", "2"]);
+    for id in 1..=3 {
+        grid.spawn(id);
+    }
+    grid.wait_ready(Duration::from_secs(60)).await;
+    // Clients keep talking to every member, the isolated one included.
+    let (urls, w) = workload(&grid, &[1, 2, 3]);
+    wait_writes(&w, 100, "writes before the partition").await;
+    let a = grid.add_member();
+    grid.wait_ready(Duration::from_secs(60)).await;
+    set_members(&urls, &grid, &[1, 2, 3, a]);
+    wait_for(Duration::from_secs(60), "moves in progress", || {
+        let grid = &grid;
+        async move {
+            grid.cluster(2)
+                .await
+                .is_ok_and(|v| v["balance"]["moves_in_progress"].as_u64() > Some(0))
+        }
+    })
+    .await
+    .expect("moves start");
+
+    grid.net.as_ref().expect("faults").isolate(1);
+    wait_for(
+        Duration::from_secs(30),
+        "the majority side leads everything",
+        || {
+            let grid = &grid;
+            async move {
+                grid.cluster(2).await.is_ok_and(|v| {
+                    member(&v, 1)["reachable"] == false && v["partitions"]["without_leader"] == 0
+                })
+            }
+        },
+    )
+    .await
+    .expect("failover");
+    wait_writes(&w, 100, "writes during the partition").await;
+    // The isolated member answers, but serves no read it cannot prove current.
+    for k in 0..5 {
+        let got = grid.get(1, "lin", &format!("lin-{k}"), false).await;
+        assert!(
+            got.as_ref().is_err_and(|e| e.starts_with("503")),
+            "read through the isolated member: {got:?}"
+        );
+    }
+
+    grid.net.as_ref().expect("faults").heal();
+    grid.wait_balanced(1, &[1, 2, 3, 4], Duration::from_secs(120))
+        .await;
+    wait_writes(&w, 100, "writes after the partition").await;
+    stop_and_check("partition", w, grid.url(1)).await;
 }

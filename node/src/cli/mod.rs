@@ -85,6 +85,9 @@ struct ServeArgs {
     /// Replica moves in progress at once, grid-wide [default: 8].
     #[arg(long, env = "DEVICEGRID_MAX_MOVES")]
     max_moves: Option<u32>,
+    /// Source address of connections to other members [default: chosen by the OS].
+    #[arg(long, env = "DEVICEGRID_PEER_SOURCE_IP")]
+    peer_source_ip: Option<std::net::IpAddr>,
     /// A member not answering pings this long is down, ms [default: 2000].
     #[arg(long, env = "DEVICEGRID_MEMBER_DOWN_AFTER_MS")]
     member_down_after_ms: Option<u64>,
@@ -129,6 +132,9 @@ impl ServeArgs {
         }
         if self.min_members.is_some() {
             c.min_members = self.min_members;
+        }
+        if self.peer_source_ip.is_some() {
+            c.peer_source_ip = self.peer_source_ip;
         }
         c.validate().map_err(anyhow::Error::msg)?;
         Ok(c)

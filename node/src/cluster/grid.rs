@@ -116,7 +116,7 @@ impl Grid {
         // The transport outlives the background tasks: Raft groups still talk while they
         // shut down, and it stops last.
         let transport_stop = CancellationToken::new();
-        let transport = Transport::new(transport_stop.clone());
+        let transport = Transport::new(transport_stop.clone(), config.peer_source_ip);
         let (meta_tx, meta_rx) = watch::channel(Arc::new(MetaState::default()));
         let meta = open_group(
             &config,

@@ -68,12 +68,14 @@ pub struct Transport {
 const IN_FLIGHT: usize = 4;
 
 impl Transport {
-    /// A transport whose sender tasks stop with `shutdown`.
-    pub fn new(shutdown: CancellationToken) -> Arc<Self> {
+    /// A transport whose sender tasks stop with `shutdown`; connections to peers leave from
+    /// `source` when given (else the OS chooses).
+    pub fn new(shutdown: CancellationToken, source: Option<std::net::IpAddr>) -> Arc<Self> {
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(1))
             .pool_idle_timeout(Duration::from_secs(60))
             .tcp_nodelay(true)
+            .local_address(source)
             .build()
             .unwrap_or_default();
         Arc::new(Transport {

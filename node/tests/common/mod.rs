@@ -2,6 +2,7 @@
 
 #![allow(dead_code)] // each test file uses a different part of the harness
 
+pub mod faults;
 pub mod history;
 pub mod workload;
 
@@ -25,6 +26,10 @@ pub struct TestGrid {
     member_args: std::collections::BTreeMap<u64, Vec<String>>,
     /// Members `1..=initial` are the initial members; later ones join through them.
     initial: usize,
+    /// When set, peer traffic goes through these proxies (see [`faults`]).
+    pub net: Option<faults::FaultNet>,
+    /// Proxy port of each member (when `net` is set).
+    proxy_ports: Vec<u16>,
     pub http: reqwest::Client,
 }
 
@@ -60,6 +65,8 @@ impl TestGrid {
             extra_args: extra.iter().map(|s| s.to_string()).collect(),
             member_args: Default::default(),
             initial: n,
+            net: None,
+            proxy_ports: Vec::new(),
             dir: tempfile::tempdir().expect("tempdir"),
             ports: free_ports(n),
             partitions,
@@ -69,6 +76,26 @@ impl TestGrid {
                 .build()
                 .expect("client"),
         }
+    }
+
+    /// Like [`Self::new`], with every member's peer traffic going through a [`faults::FaultNet`].
+    pub fn with_faults(n: usize, partitions: u32, extra: &[&str]) -> Self {
+        let mut g = Self::new(n, partitions, extra);
+        let net = faults::FaultNet::new();
+        g.proxy_ports = (1..=n as u64)
+            .map(|id| net.proxy(id, g.ports[id as usize - 1]))
+            .collect();
+        g.net = Some(net);
+        g
+    }
+
+    /// The address member `id` advertises to its peers.
+    fn peer_addr(&self, id: u64) -> String {
+        let port = match &self.net {
+            Some(_) => self.proxy_ports[id as usize - 1],
+            None => self.ports[id as usize - 1],
+        };
+        format!("127.0.0.1:{port}")
     }
 
     /// Sets extra flags for member `id` (used from its next start on).
@@ -89,6 +116,9 @@ impl TestGrid {
         self.ports.push(port);
         self.procs.push(None);
         let id = self.ports.len() as u64;
+        if let Some(net) = &self.net {
+            self.proxy_ports.push(net.proxy(id, port));
+        }
         self.spawn(id);
         id
     }
@@ -164,8 +194,12 @@ impl TestGrid {
     /// Starts (or restarts) member `id` on its data directory.
     pub fn spawn(&mut self, id: u64) {
         let seeds: Vec<String> = (1..=self.initial as u64)
-            .map(|i| format!("{i}=127.0.0.1:{}", self.ports[i as usize - 1]))
+            .map(|i| format!("{i}={}", self.peer_addr(i)))
             .collect();
+        let mut net_args = vec!["--advertise".to_string(), self.peer_addr(id)];
+        if let Some(net) = &self.net {
+            net_args.extend(["--peer-source-ip".into(), net.source_ip(id).to_string()]);
+        }
         let dir = self.dir.path().join(format!("member-{id}"));
         std::fs::create_dir_all(&dir).expect("member dir");
         let log = std::fs::OpenOptions::new()
@@ -187,6 +221,7 @@ impl TestGrid {
             .args(["--request-timeout-ms", "3000"])
             .args(&self.extra_args)
             .args(self.member_args.get(&id).into_iter().flatten())
+            .args(&net_args)
             .env("RUST_LOG", "info,openraft=error")
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
