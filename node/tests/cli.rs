@@ -193,3 +193,71 @@ fn bad_flags_fail_with_a_message() {
         assert!(text.contains(flag), "--help lacks {flag}");
     }
 }
+
+/// Runs `devicegrid dev <args>` against the grid in `dir` to completion.
+fn dev_change(dir: &std::path::Path, args: &[&str]) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_devicegrid"))
+        .arg("dev")
+        .args(args)
+        .arg("--data-dir")
+        .arg(dir)
+        .args(["--timeout", "120"])
+        .output()
+        .expect("run dev change");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+#[test]
+fn dev_add_and_drain_change_the_running_grid() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let base = free_run(4);
+    let (child, _) = start_dev(dir.path(), base);
+    let http = reqwest::blocking::Client::new();
+    let url = format!("http://127.0.0.1:{base}/v1/maps/devices/dev-7");
+    let r = http.put(&url).body(r#"{"fw":"3.1"}"#).send().expect("put");
+    assert_eq!(r.status(), 200);
+
+    let (ok, text) = dev_change(dir.path(), &["add"]);
+    assert!(ok, "{text}");
+    assert!(
+        text.contains("member 4 joined") && text.contains("balanced"),
+        "{text}"
+    );
+    let view: serde_json::Value = http
+        .get(format!("http://127.0.0.1:{}/v1/cluster", base + 3))
+        .send()
+        .expect("cluster")
+        .json()
+        .expect("json");
+    assert_eq!(view["members"].as_array().map(Vec::len), Some(4), "{view}");
+    assert_eq!(view["balance"]["balanced"], true, "{view}");
+
+    let (ok, text) = dev_change(dir.path(), &["drain", "4"]);
+    assert!(ok, "{text}");
+    assert!(text.contains("decommissioned"), "{text}");
+    // Too few members would be left: refused with the grid's reason, non-zero exit.
+    let (ok, text) = dev_change(dir.path(), &["drain", "2"]);
+    assert!(!ok && text.contains("drain refused"), "{text}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while TcpListener::bind(("127.0.0.1", base + 3)).is_err() {
+        assert!(Instant::now() < deadline, "the drained member still runs");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let body: serde_json::Value = http.get(&url).send().expect("get").json().expect("json");
+    assert_eq!(body["value"]["fw"], "3.1", "{body}");
+    stop_dev(child);
+
+    // Resumes without the drained member.
+    let (child, lines) = start_dev(dir.path(), base);
+    assert_eq!(
+        lines.iter().filter(|l| l.starts_with("member ")).count(),
+        3,
+        "{lines:?}"
+    );
+    stop_dev(child);
+}

@@ -4,6 +4,11 @@
 //! Members keep their data under `DATA_DIR/member-<id>` and log to `member.log` there, so
 //! running the same command again resumes the same grid. SIGINT or SIGTERM stops every member
 //! with SIGTERM (SIGKILL after a grace period).
+//!
+//! `devicegrid dev add` and `devicegrid dev drain <id>`, run next to a running `dev`, change
+//! its members: they record the change in `DATA_DIR/dev.json`, which the supervisor watches
+//! (it starts added members, which join the grid, and stops decommissioned ones), and they
+//! follow the rebalance until it is done.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -26,7 +31,11 @@ macro_rules! say {
 
 /// Flags of `devicegrid dev`.
 #[derive(clap::Args, Debug)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct DevArgs {
+    /// Change the members of a running local grid.
+    #[command(subcommand)]
+    action: Option<DevAction>,
     /// Number of members.
     #[arg(long, default_value_t = 3)]
     nodes: u32,
@@ -47,6 +56,30 @@ pub struct DevArgs {
     ready_timeout: u64,
 }
 
+/// Changes to a running local grid.
+#[derive(clap::Subcommand, Debug)]
+enum DevAction {
+    /// Start one more member; it joins the grid and receives its share of partitions.
+    Add(ChangeArgs),
+    /// Move every replica off member ID, then stop it.
+    Drain {
+        /// The member to drain.
+        id: u32,
+        #[command(flatten)]
+        change: ChangeArgs,
+    },
+}
+
+#[derive(clap::Args, Debug)]
+struct ChangeArgs {
+    /// The data directory of the running `devicegrid dev`.
+    #[arg(long, default_value = ".devicegrid")]
+    data_dir: PathBuf,
+    /// How long to follow the rebalance, seconds.
+    #[arg(long, default_value_t = 600)]
+    timeout: u64,
+}
+
 /// What a dev data directory was created with.
 #[derive(Debug, PartialEq, Serialize, Deserialize)]
 struct Layout {
@@ -56,6 +89,58 @@ struct Layout {
     replication_factor: u32,
 }
 
+/// `dev.json`: the layout, and the members added and removed since.
+#[derive(Debug, Serialize, Deserialize)]
+struct DevFile {
+    #[serde(flatten)]
+    layout: Layout,
+    /// Members added by `dev add` (ids above `nodes`).
+    #[serde(default)]
+    added: Vec<u32>,
+    /// Members drained by `dev drain` and stopped.
+    #[serde(default)]
+    removed: Vec<u32>,
+}
+
+impl DevFile {
+    fn path(dir: &Path) -> PathBuf {
+        dir.join("dev.json")
+    }
+
+    fn read(dir: &Path) -> anyhow::Result<Option<DevFile>> {
+        let path = Self::path(dir);
+        match std::fs::read(&path) {
+            Ok(bytes) => Ok(Some(
+                serde_json::from_slice(&bytes)
+                    .with_context(|| format!("reading {}", path.display()))?,
+            )),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+        }
+    }
+
+    /// Written to a temporary file and renamed, so a reader never sees half of it.
+    fn write(&self, dir: &Path) -> anyhow::Result<()> {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let tmp = dir.join("dev.json.tmp");
+        std::fs::write(&tmp, serde_json::to_vec_pretty(self)?)?;
+        std::fs::rename(&tmp, Self::path(dir))?;
+        Ok(())
+    }
+
+    /// Members that should run.
+    fn members(&self) -> Vec<u32> {
+        (1..=self.layout.nodes)
+            .chain(self.added.iter().copied())
+            .filter(|id| !self.removed.contains(id))
+            .collect()
+    }
+
+    fn port(&self, id: u32) -> u16 {
+        self.layout.base_port + (id - 1) as u16
+    }
+}
+
 struct Member {
     id: u32,
     port: u16,
@@ -63,31 +148,33 @@ struct Member {
     running: bool,
 }
 
-fn check_layout(dir: &Path, layout: &Layout) -> anyhow::Result<()> {
-    let path = dir.join("dev.json");
-    match std::fs::read(&path) {
-        Ok(bytes) => {
-            let stored: Layout = serde_json::from_slice(&bytes)
-                .with_context(|| format!("reading {}", path.display()))?;
-            if &stored != layout {
-                bail!(
-                    "{} holds a grid created with {:?}; run with the same flags, or use another --data-dir",
-                    dir.display(),
-                    stored
-                );
-            }
+fn check_layout(dir: &Path, layout: Layout) -> anyhow::Result<DevFile> {
+    match DevFile::read(dir)? {
+        Some(stored) if stored.layout != layout => bail!(
+            "{} holds a grid created with {:?}; run with the same flags, or use another --data-dir",
+            dir.display(),
+            stored.layout
+        ),
+        Some(stored) => Ok(stored),
+        None => {
+            let file = DevFile {
+                layout,
+                added: Vec::new(),
+                removed: Vec::new(),
+            };
+            file.write(dir)?;
+            Ok(file)
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-            std::fs::write(&path, serde_json::to_vec_pretty(layout)?)?;
-        }
-        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
     }
-    Ok(())
 }
 
-/// Runs the local grid until SIGINT or SIGTERM.
+/// Runs the local grid until SIGINT or SIGTERM, or changes it (`add`, `drain`).
 pub async fn run(args: DevArgs) -> anyhow::Result<()> {
+    match args.action {
+        Some(DevAction::Add(change)) => return add(change).await,
+        Some(DevAction::Drain { id, change }) => return drain(id, change).await,
+        None => {}
+    }
     if args.nodes == 0 || args.nodes > 64 {
         bail!("--nodes must be between 1 and 64");
     }
@@ -104,45 +191,20 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         partitions: args.partitions,
         replication_factor: args.replication_factor,
     };
-    check_layout(&args.data_dir, &layout)?;
-    let exe = std::env::current_exe().context("locating the devicegrid binary")?;
-    let port = |i: u32| args.base_port + (i - 1) as u16;
-    let seeds: Vec<String> = (1..=args.nodes)
-        .map(|i| format!("{i}=127.0.0.1:{}", port(i)))
-        .collect();
+    let file = check_layout(&args.data_dir, layout)?;
+    let launcher = Launcher {
+        exe: std::env::current_exe().context("locating the devicegrid binary")?,
+        data_dir: args.data_dir.clone(),
+        seeds: (1..=args.nodes)
+            .map(|i| format!("{i}=127.0.0.1:{}", file.port(i)))
+            .collect::<Vec<_>>()
+            .join(","),
+        partitions: args.partitions,
+        replication_factor: args.replication_factor,
+    };
     let mut members = Vec::new();
-    for id in 1..=args.nodes {
-        let dir = args.data_dir.join(format!("member-{id}"));
-        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(dir.join("member.log"))
-            .with_context(|| format!("opening {}", dir.join("member.log").display()))?;
-        let child = Command::new(&exe)
-            .arg("serve")
-            .args(["--node-id", &id.to_string()])
-            .args(["--listen", &format!("127.0.0.1:{}", port(id))])
-            .arg("--data-dir")
-            .arg(&dir)
-            .args(["--initial-members", &seeds.join(",")])
-            .args(["--partitions", &args.partitions.to_string()])
-            .args(["--replication-factor", &args.replication_factor.to_string()])
-            .args(["--parent-pid", &std::process::id().to_string()])
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .kill_on_drop(true)
-            .spawn()
-            .context("starting a member")?;
-        let pid = child.id().unwrap_or_default();
-        say!("member {id} pid {pid} http://127.0.0.1:{}", port(id));
-        members.push(Member {
-            id,
-            port: port(id),
-            child,
-            running: true,
-        });
+    for id in file.members() {
+        members.push(launcher.start(id, file.port(id))?);
     }
     let ready = tokio::select! {
         r = wait_ready(&members, Duration::from_secs(args.ready_timeout)) => r,
@@ -164,12 +226,58 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     say!("#   curl {first}/v1/maps/devices/dev-1");
     say!("#   curl -X POST {first}/v1/maps/shadows/dev-1/process -d '{{\"processor\":\"shadow\",\"args\":{{\"state\":{{\"desired\":{{\"led\":\"on\"}}}}}}}}'");
     say!("#   curl {first}/v1/cluster");
+    say!("#   devicegrid dev add / devicegrid dev drain <id>   (grow or shrink this grid)");
     say!(
         "# logs: {}/member-<id>/member.log; Ctrl-C stops the grid",
         args.data_dir.display()
     );
-    supervise(&mut members).await;
+    supervise(&launcher, &mut members).await;
     Ok(())
+}
+
+/// Starts member processes.
+struct Launcher {
+    exe: PathBuf,
+    data_dir: PathBuf,
+    seeds: String,
+    partitions: u32,
+    replication_factor: u32,
+}
+
+impl Launcher {
+    fn start(&self, id: u32, port: u16) -> anyhow::Result<Member> {
+        let dir = self.data_dir.join(format!("member-{id}"));
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("member.log"))
+            .with_context(|| format!("opening {}", dir.join("member.log").display()))?;
+        let child = Command::new(&self.exe)
+            .arg("serve")
+            .args(["--node-id", &id.to_string()])
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .arg("--data-dir")
+            .arg(&dir)
+            .args(["--initial-members", &self.seeds])
+            .args(["--partitions", &self.partitions.to_string()])
+            .args(["--replication-factor", &self.replication_factor.to_string()])
+            .args(["--parent-pid", &std::process::id().to_string()])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .context("starting a member")?;
+        let pid = child.id().unwrap_or_default();
+        say!("member {id} pid {pid} http://127.0.0.1:{port}");
+        Ok(Member {
+            id,
+            port,
+            child,
+            running: true,
+        })
+    }
 }
 
 async fn wait_ready(members: &[Member], timeout: Duration) -> anyhow::Result<()> {
@@ -204,36 +312,53 @@ async fn wait_ready(members: &[Member], timeout: Duration) -> anyhow::Result<()>
     Ok(())
 }
 
-async fn supervise(members: &mut [Member]) {
+/// Watches the members and `dev.json` until SIGINT or SIGTERM.
+async fn supervise(launcher: &Launcher, members: &mut Vec<Member>) {
+    let signal = super::wait_for_signal();
+    tokio::pin!(signal);
+    let mut tick = tokio::time::interval(Duration::from_millis(300));
     loop {
-        let exited = async {
-            loop {
-                for m in members.iter_mut().filter(|m| m.running) {
-                    if let Ok(Some(status)) = m.child.try_wait() {
-                        m.running = false;
-                        return Some((m.id, status));
-                    }
-                }
-                if members.iter().all(|m| !m.running) {
-                    return None;
-                }
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-        };
         tokio::select! {
-            _ = super::wait_for_signal() => {
+            _ = &mut signal => {
                 say!("stopping");
                 stop_all(members).await;
                 say!("stopped");
                 return;
             }
-            e = exited => match e {
-                Some((id, status)) => say!("member {id} exited: {status}"),
-                None => {
-                    say!("every member has exited");
-                    return;
+            _ = tick.tick() => {}
+        }
+        for m in members.iter_mut().filter(|m| m.running) {
+            if let Ok(Some(status)) = m.child.try_wait() {
+                m.running = false;
+                say!("member {} exited: {status}", m.id);
+            }
+        }
+        let file = match DevFile::read(&launcher.data_dir) {
+            Ok(Some(f)) => f,
+            Ok(None) => continue,
+            Err(e) => {
+                say!("ignoring dev.json: {e:#}");
+                continue;
+            }
+        };
+        let wanted = file.members();
+        for id in &wanted {
+            if !members.iter().any(|m| m.id == *id) {
+                match launcher.start(*id, file.port(*id)) {
+                    Ok(m) => members.push(m),
+                    Err(e) => say!("member {id} did not start: {e:#}"),
                 }
-            },
+            }
+        }
+        for m in members.iter_mut() {
+            if m.running && !wanted.contains(&m.id) {
+                stop_one(m).await;
+                say!("member {} stopped", m.id);
+            }
+        }
+        if members.iter().all(|m| !m.running) {
+            say!("every member has exited");
+            return;
         }
     }
 }
@@ -245,12 +370,201 @@ async fn stop_all(members: &mut [Member]) {
         }
     }
     for m in members.iter_mut().filter(|m| m.running) {
-        if tokio::time::timeout(Duration::from_secs(15), m.child.wait())
-            .await
-            .is_err()
-        {
-            let _ = m.child.kill().await;
-        }
-        m.running = false;
+        stop_one(m).await;
     }
+}
+
+/// SIGTERM, then SIGKILL after a grace period.
+async fn stop_one(m: &mut Member) {
+    if let Some(pid) = m.child.id() {
+        let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
+    }
+    if tokio::time::timeout(Duration::from_secs(15), m.child.wait())
+        .await
+        .is_err()
+    {
+        let _ = m.child.kill().await;
+    }
+    m.running = false;
+}
+
+/// The running grid's `dev.json`, or an error telling to start it.
+fn running_grid(dir: &Path) -> anyhow::Result<DevFile> {
+    DevFile::read(dir)?.with_context(|| {
+        format!(
+            "no local grid in {}: start one with `devicegrid dev --data-dir {}`",
+            dir.display(),
+            dir.display()
+        )
+    })
+}
+
+fn http() -> anyhow::Result<reqwest::Client> {
+    Ok(reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()?)
+}
+
+/// `GET path` from the first member that answers.
+async fn get_any(http: &reqwest::Client, file: &DevFile, path: &str) -> Option<serde_json::Value> {
+    for id in file.members() {
+        let url = format!("http://127.0.0.1:{}{path}", file.port(id));
+        if let Ok(r) = http.get(&url).send().await {
+            if r.status().is_success() {
+                if let Ok(v) = r.json().await {
+                    return Some(v);
+                }
+            }
+        }
+    }
+    None
+}
+
+/// Prints the rebalance every couple of seconds until the grid reports balance.
+async fn follow(http: &reqwest::Client, dir: &Path, timeout: Duration) -> anyhow::Result<()> {
+    let deadline = Instant::now() + timeout;
+    let mut last = String::new();
+    loop {
+        let file = running_grid(dir)?;
+        if let Some(v) = get_any(http, &file, "/v1/cluster").await {
+            let counts: Vec<String> = v["members"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|m| m["state"] != "decommissioned")
+                .map(|m| {
+                    format!(
+                        "{}:{}/{}{}",
+                        m["id"],
+                        m["partitions_held"],
+                        m["partitions_led"],
+                        if m["state"] == "active" { "" } else { "*" }
+                    )
+                })
+                .collect();
+            let line = format!(
+                "moves {} (finished {}), replicas/leaders per member {}",
+                v["balance"]["moves_in_progress"],
+                v["balance"]["moves_finished"],
+                counts.join(" ")
+            );
+            if line != last {
+                say!("{line}");
+                last = line;
+            }
+            if v["balance"]["balanced"] == true {
+                return Ok(());
+            }
+        }
+        if Instant::now() > deadline {
+            bail!("the grid was not balanced within {timeout:?}");
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// `devicegrid dev add`.
+async fn add(args: ChangeArgs) -> anyhow::Result<()> {
+    let mut file = running_grid(&args.data_dir)?;
+    let http = http()?;
+    if get_any(&http, &file, "/healthz").await.is_none() {
+        bail!(
+            "no member of the grid in {} answers: is `devicegrid dev` running?",
+            args.data_dir.display()
+        );
+    }
+    let id = file
+        .added
+        .iter()
+        .copied()
+        .chain(file.removed.iter().copied())
+        .chain([file.layout.nodes])
+        .max()
+        .unwrap_or(0)
+        + 1;
+    if u32::from(file.layout.base_port) + id > 65_535 {
+        bail!("no port left for member {id}");
+    }
+    file.added.push(id);
+    file.write(&args.data_dir)?;
+    let url = format!("http://127.0.0.1:{}", file.port(id));
+    say!("member {id} added at {url}; the supervisor starts it");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let ready = http
+            .get(format!("{url}/readyz"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success());
+        if ready {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "member {id} was not ready within 60 s; see {}/member-{id}/member.log",
+                args.data_dir.display()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    say!("member {id} joined; rebalancing");
+    follow(&http, &args.data_dir, Duration::from_secs(args.timeout)).await?;
+    say!("balanced");
+    Ok(())
+}
+
+/// `devicegrid dev drain ID`.
+async fn drain(id: u32, args: ChangeArgs) -> anyhow::Result<()> {
+    let file = running_grid(&args.data_dir)?;
+    if !file.members().contains(&id) {
+        bail!("member {id} is not running in {}", args.data_dir.display());
+    }
+    let http = http()?;
+    let mut answer = None;
+    for other in file.members().into_iter().filter(|m| *m != id) {
+        let url = format!(
+            "http://127.0.0.1:{}/v1/members/{id}/drain",
+            file.port(other)
+        );
+        if let Ok(r) = http.post(&url).send().await {
+            answer = Some((r.status(), r.text().await.unwrap_or_default()));
+            break;
+        }
+    }
+    let Some((status, body)) = answer else {
+        bail!("no member of the grid answers: is `devicegrid dev` running?");
+    };
+    if !status.is_success() {
+        let message = serde_json::from_str::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|v| v["error"]["message"].as_str().map(str::to_string))
+            .unwrap_or(body);
+        bail!("drain refused ({status}): {message}");
+    }
+    say!("member {id} is draining");
+    let deadline = Instant::now() + Duration::from_secs(args.timeout);
+    loop {
+        let file = running_grid(&args.data_dir)?;
+        if let Some(m) = get_any(&http, &file, &format!("/v1/members/{id}")).await {
+            let state = m["state"].as_str().unwrap_or("unknown");
+            say!(
+                "member {id}: {state}, {} replicas left",
+                m["partitions_held"]
+            );
+            if m["state"] == "decommissioned" {
+                break;
+            }
+        }
+        if Instant::now() > deadline {
+            bail!("member {id} was not drained within {:?}", args.timeout);
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let mut file = running_grid(&args.data_dir)?;
+    file.removed.push(id);
+    file.write(&args.data_dir)?;
+    say!("member {id} decommissioned; the supervisor stops it");
+    follow(&http, &args.data_dir, Duration::from_secs(args.timeout)).await?;
+    say!("balanced");
+    Ok(())
 }
