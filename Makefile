@@ -5,7 +5,7 @@ DATA_DIR ?= .devicegrid
 BASE_PORT ?= 7001
 NODES ?= 3
 
-.PHONY: run test lint fmt toolchain build release bench clean lincheck
+.PHONY: run test lint fmt toolchain build release bench bench-compare bench-rebalance clean lincheck
 
 ## run: build and start a local 3-member grid on 127.0.0.1:7001-7003 (data in ./.devicegrid)
 run: release
@@ -40,11 +40,20 @@ build:
 release:
 	$(CARGO) build --release -p devicegrid-node
 
-## bench: DeviceGrid vs etcd (3 members each, loopback); etcd is built once into .cache
-bench:
+## bench: both benchmarks below
+bench: bench-compare bench-rebalance
+
+## bench-compare: DeviceGrid vs etcd (3 members each, loopback); etcd is built once into .cache
+bench-compare:
 	$(CARGO) build --release -p devicegrid-node -p devicegrid-bench
 	scripts/etcd-bin.sh >/dev/null
 	./target/release/dgbench --out bench-out
+
+## bench-rebalance: 1M devices of 1 KiB on 3 members, grown to 5 under load (DEVICES=... to change)
+DEVICES ?= 1000000
+bench-rebalance:
+	$(CARGO) build --release -p devicegrid-node -p devicegrid-bench
+	./target/release/dgbench --scenario rebalance --devices $(DEVICES) --value-size 1024 --out bench-out/rebalance
 
 clean:
 	$(CARGO) clean

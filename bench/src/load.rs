@@ -1,7 +1,7 @@
 //! Closed-loop load: `clients` tasks each issue one request at a time for a fixed duration.
 
 use std::str::FromStr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -76,17 +76,39 @@ pub async fn run(
     value_size: usize,
     duration: Duration,
 ) -> Outcome {
+    let stop = Arc::new(AtomicBool::new(false));
+    let timer = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(duration).await;
+            stop.store(true, Ordering::Relaxed);
+        })
+    };
+    let outcome = run_until(system, op, clients, keys, value_size, stop).await;
+    timer.abort();
+    outcome
+}
+
+/// Runs load until `stop` is set.
+pub async fn run_until(
+    system: &System,
+    op: Op,
+    clients: usize,
+    keys: usize,
+    value_size: usize,
+    stop: Arc<AtomicBool>,
+) -> Outcome {
     let start = Instant::now();
-    let deadline = start + duration;
     let errors = Arc::new(AtomicU64::new(0));
     let tasks = (0..clients).map(|c| {
         let system = system.clone();
         let errors = errors.clone();
+        let stop = stop.clone();
         tokio::spawn(async move {
             let mut hist =
                 Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds");
             let mut seq = 0u64;
-            while Instant::now() < deadline {
+            while !stop.load(Ordering::Relaxed) {
                 let key = rand::thread_rng().gen_range(0..keys);
                 seq += 1;
                 let t = Instant::now();

@@ -4,12 +4,17 @@
 //! drives both with the same keys, value sizes and client counts over their HTTP/JSON APIs,
 //! and prints one table with throughput, latency percentiles, idle CPU and the ratios.
 //!
+//! `--scenario rebalance` instead grows a loaded 3-member grid to 5 under client load and
+//! reports the time to balance and the latencies during the move.
+//!
 //! - [`systems`]: how each operation is expressed for DeviceGrid and for etcd
 //! - [`load`]: the closed-loop load generator
 //! - [`procs`]: starting and stopping the systems, CPU and memory readings
+//! - [`rebalance`]: the rebalance scenario
 
 mod load;
 mod procs;
+mod rebalance;
 mod systems;
 
 use std::path::PathBuf;
@@ -60,6 +65,15 @@ struct Args {
     /// Load an already running DeviceGrid at these URLs instead (no etcd, no table).
     #[arg(long, value_delimiter = ',')]
     grid_urls: Vec<String>,
+    /// `compare` (DeviceGrid against etcd) or `rebalance` (3 -> 5 members under load).
+    #[arg(long, default_value = "compare", value_parser = ["compare", "rebalance"])]
+    scenario: String,
+    /// Devices loaded before the rebalance.
+    #[arg(long, default_value_t = 1_000_000)]
+    devices: usize,
+    /// Clients during the rebalance.
+    #[arg(long, default_value_t = 16)]
+    move_clients: usize,
 }
 
 struct Measured {
@@ -79,6 +93,22 @@ async fn main() -> anyhow::Result<()> {
         .pool_max_idle_per_host(256)
         .tcp_nodelay(true)
         .build()?;
+
+    if args.scenario == "rebalance" {
+        let report = rebalance::run(
+            &args.devicegrid,
+            &args.out,
+            args.grid_port,
+            args.devices,
+            args.value_size,
+            args.move_clients,
+            http,
+        )
+        .await?;
+        println!("{report}");
+        std::fs::write(args.out.join("rebalance.md"), &report)?;
+        return Ok(());
+    }
 
     if !args.grid_urls.is_empty() {
         let dg = System::devicegrid(args.grid_urls.clone(), http.clone());

@@ -12,6 +12,7 @@
 use anyhow::{bail, Context};
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
+use futures::StreamExt;
 use rand::Rng;
 use serde_json::{json, Value};
 
@@ -63,28 +64,40 @@ impl System {
         (&urls[rand::thread_rng().gen_range(0..urls.len())], http)
     }
 
+    /// Writes `range` in one batch request (DeviceGrid only).
+    async fn put_batch(&self, range: std::ops::Range<usize>, size: usize) -> anyhow::Result<()> {
+        let entries: Vec<Value> = range
+            .map(|i| Ok(json!({ "key": key(i), "value": serde_json::from_str::<Value>(&value(size, 0))? })))
+            .collect::<anyhow::Result<_>>()?;
+        let (url, http) = self.pick();
+        let r = http
+            .post(format!("{url}/v1/batch/maps/bench/put"))
+            .json(&json!({ "entries": entries }))
+            .send()
+            .await?;
+        let body: Value = r.json().await?;
+        if body["results"]
+            .as_array()
+            .is_none_or(|a| a.iter().any(|x| x.get("error").is_some()))
+        {
+            bail!("preload failed: {body}");
+        }
+        Ok(())
+    }
+
     /// Writes every key once.
     pub async fn preload(&self, keys: usize, size: usize) -> anyhow::Result<()> {
         match self {
             System::DeviceGrid { .. } => {
-                for chunk in (0..keys).collect::<Vec<_>>().chunks(500) {
-                    let entries: Vec<Value> = chunk
-                        .iter()
-                        .map(|i| Ok(json!({ "key": key(*i), "value": serde_json::from_str::<Value>(&value(size, 0))? })))
-                        .collect::<anyhow::Result<_>>()?;
-                    let (url, http) = self.pick();
-                    let r = http
-                        .post(format!("{url}/v1/batch/maps/bench/put"))
-                        .json(&json!({ "entries": entries }))
-                        .send()
-                        .await?;
-                    let body: Value = r.json().await?;
-                    if body["results"]
-                        .as_array()
-                        .is_none_or(|a| a.iter().any(|x| x.get("error").is_some()))
-                    {
-                        bail!("preload failed: {body}");
-                    }
+                // Batches of 500, four in flight.
+                let starts: Vec<usize> = (0..keys).step_by(500).collect();
+                let mut batches = futures::stream::iter(starts.into_iter().map(|start| {
+                    let this = self.clone();
+                    async move { this.put_batch(start..(start + 500).min(keys), size).await }
+                }))
+                .buffer_unordered(4);
+                while let Some(r) = batches.next().await {
+                    r?;
                 }
             }
             System::Etcd { .. } => {

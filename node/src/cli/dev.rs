@@ -59,8 +59,14 @@ pub struct DevArgs {
 /// Changes to a running local grid.
 #[derive(clap::Subcommand, Debug)]
 enum DevAction {
-    /// Start one more member; it joins the grid and receives its share of partitions.
-    Add(ChangeArgs),
+    /// Start more members; they join the grid and receive their share of partitions.
+    Add {
+        /// How many members to add.
+        #[arg(long, default_value_t = 1)]
+        count: u32,
+        #[command(flatten)]
+        change: ChangeArgs,
+    },
     /// Move every replica off member ID, then stop it.
     Drain {
         /// The member to drain.
@@ -171,7 +177,7 @@ fn check_layout(dir: &Path, layout: Layout) -> anyhow::Result<DevFile> {
 /// Runs the local grid until SIGINT or SIGTERM, or changes it (`add`, `drain`).
 pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     match args.action {
-        Some(DevAction::Add(change)) => return add(change).await,
+        Some(DevAction::Add { count, change }) => return add(count, change).await,
         Some(DevAction::Drain { id, change }) => return drain(id, change).await,
         None => {}
     }
@@ -464,7 +470,10 @@ async fn follow(http: &reqwest::Client, dir: &Path, timeout: Duration) -> anyhow
 }
 
 /// `devicegrid dev add`.
-async fn add(args: ChangeArgs) -> anyhow::Result<()> {
+async fn add(count: u32, args: ChangeArgs) -> anyhow::Result<()> {
+    if !(1..=16).contains(&count) {
+        bail!("--count must be between 1 and 16");
+    }
     let mut file = running_grid(&args.data_dir)?;
     let http = http()?;
     if get_any(&http, &file, "/healthz").await.is_none() {
@@ -473,41 +482,44 @@ async fn add(args: ChangeArgs) -> anyhow::Result<()> {
             args.data_dir.display()
         );
     }
-    let id = file
+    let last = file
         .added
         .iter()
         .copied()
         .chain(file.removed.iter().copied())
         .chain([file.layout.nodes])
         .max()
-        .unwrap_or(0)
-        + 1;
-    if u32::from(file.layout.base_port) + id > 65_535 {
-        bail!("no port left for member {id}");
+        .unwrap_or(0);
+    let ids: Vec<u32> = (last + 1..=last + count).collect();
+    if u32::from(file.layout.base_port) + last + count > 65_535 {
+        bail!("no ports left for members {ids:?}");
     }
-    file.added.push(id);
+    file.added.extend(&ids);
     file.write(&args.data_dir)?;
-    let url = format!("http://127.0.0.1:{}", file.port(id));
-    say!("member {id} added at {url}; the supervisor starts it");
     let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let ready = http
-            .get(format!("{url}/readyz"))
-            .send()
-            .await
-            .is_ok_and(|r| r.status().is_success());
-        if ready {
-            break;
+    for id in &ids {
+        let url = format!("http://127.0.0.1:{}", file.port(*id));
+        say!("member {id} added at {url}; the supervisor starts it");
+        loop {
+            let ready = http
+                .get(format!("{url}/readyz"))
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success());
+            if ready {
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "member {id} was not ready within 60 s; see {}/member-{id}/member.log",
+                    args.data_dir.display()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
         }
-        if Instant::now() > deadline {
-            bail!(
-                "member {id} was not ready within 60 s; see {}/member-{id}/member.log",
-                args.data_dir.display()
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        say!("member {id} joined");
     }
-    say!("member {id} joined; rebalancing");
+    say!("rebalancing");
     follow(&http, &args.data_dir, Duration::from_secs(args.timeout)).await?;
     say!("balanced");
     Ok(())
