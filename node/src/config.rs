@@ -68,6 +68,8 @@ pub struct Config {
     pub failure_grace_ms: u64,
     /// Replica moves in progress at once, grid-wide.
     pub max_moves: u32,
+    /// A move running longer than this is reported as stalled (ms).
+    pub move_stalled_after_ms: u64,
     /// Source address of connections to other members (default: chosen by the OS), for
     /// hosts with several addresses.
     pub peer_source_ip: Option<std::net::IpAddr>,
@@ -97,6 +99,7 @@ impl Default for Config {
             min_members: None,
             failure_grace_ms: 60_000,
             max_moves: 8,
+            move_stalled_after_ms: 120_000,
             peer_source_ip: None,
             partitions: 271,
             replication_factor: 3,

@@ -155,7 +155,7 @@ impl Metrics {
         registry.register(
             "replica_moves",
             "Replica moves recorded in the partition table (state=in_progress), and those \
-             running longer than two minutes (state=stalled)",
+             running longer than move_stalled_after_ms (state=stalled)",
             moves.clone(),
         );
         registry.register(
@@ -251,7 +251,7 @@ impl Metrics {
                 .count() as i64,
         );
         let now = crate::cluster::now_ms();
-        let stalled_ms = crate::cluster::grid::MOVE_STALLED_AFTER.as_millis() as u64;
+        let stalled_ms = grid.config.move_stalled_after_ms;
         let stalled = meta
             .moves
             .values()

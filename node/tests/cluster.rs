@@ -271,8 +271,7 @@ async fn map_operations_across_members() {
         wait_for(Duration::from_secs(10), "the sweeper to remove the entry", || async {
             let mut removed = 0.0;
             for id in grid.ids() {
-                let m = grid.http.get(format!("{}/metrics", grid.url(id))).send().await.expect("metrics");
-                let text = m.text().await.expect("text");
+                let text = grid.metrics(id).await;
                 removed += common::gauge(&text, "devicegrid_expired_entries_total").unwrap_or(0.0);
             }
             removed >= 1.0
@@ -664,10 +663,7 @@ fn per_group(text: &str, family: &str) -> HashMap<String, f64> {
 async fn wait_caught_up(grid: &TestGrid, member: u64) {
     let mut committed: HashMap<String, f64> = HashMap::new();
     for id in grid.ids().into_iter().filter(|id| *id != member) {
-        for (g, c) in per_group(
-            &metrics_text(grid, id).await,
-            "devicegrid_raft_commit_index",
-        ) {
+        for (g, c) in per_group(&grid.metrics(id).await, "devicegrid_raft_commit_index") {
             let e = committed.entry(g).or_insert(0.0);
             *e = e.max(c);
         }
@@ -680,10 +676,8 @@ async fn wait_caught_up(grid: &TestGrid, member: u64) {
         || {
             let committed = committed.clone();
             async move {
-                let applied = per_group(
-                    &metrics_text(grid, member).await,
-                    "devicegrid_raft_applied_index",
-                );
+                let applied =
+                    per_group(&grid.metrics(member).await, "devicegrid_raft_applied_index");
                 committed
                     .iter()
                     .all(|(g, c)| applied.get(g).is_some_and(|a| a >= c))
@@ -692,18 +686,6 @@ async fn wait_caught_up(grid: &TestGrid, member: u64) {
     )
     .await
     .expect("catch up");
-}
-
-async fn metrics_text(grid: &TestGrid, id: u64) -> String {
-    match grid
-        .http
-        .get(format!("{}/metrics", grid.url(id)))
-        .send()
-        .await
-    {
-        Ok(r) => r.text().await.unwrap_or_default(),
-        Err(_) => String::new(),
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -722,15 +704,7 @@ async fn lagging_replica_catches_up_from_a_snapshot() {
             Arc::new(AtomicUsize::new(0)),
         )
         .await;
-        let metrics = grid
-            .http
-            .get(format!("{}/metrics", grid.url(1)))
-            .send()
-            .await
-            .expect("metrics")
-            .text()
-            .await
-            .expect("text");
+        let metrics = grid.metrics(1).await;
         for p in ["p0", "p1"] {
             let purged = common::gauge(
                 &metrics,

@@ -410,3 +410,55 @@ async fn a_partitioned_member_serves_nothing_stale_and_rejoins() {
     wait_writes(&w, 100, "writes after the partition").await;
     stop_and_check("partition", w, grid.url(1)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_move_is_reported_and_then_finishes() {
+    let mut grid = TestGrid::start_with(
+        3,
+        16,
+        &["--max-moves", "1", "--move-stalled-after-ms", "1500"],
+    );
+    grid.wait_ready(Duration::from_secs(60)).await;
+    let new = grid.add_member();
+    grid.wait_ready(Duration::from_secs(60)).await;
+    wait_for(Duration::from_secs(60), "a move to the new member", || {
+        let grid = &grid;
+        async move {
+            grid.cluster(1).await.is_ok_and(|v| {
+                v["moves"]
+                    .as_array()
+                    .is_some_and(|ms| ms.iter().any(|m| m["to"] == new))
+            })
+        }
+    })
+    .await
+    .expect("moves start");
+    // The target stops answering (within the failure grace period): a move to it cannot
+    // finish, and says so in the view and the metrics. (A move whose target had already
+    // caught up may still finish without it; the next one to it stalls.)
+    grid.signal(new, Signal::SIGSTOP);
+    wait_for(
+        Duration::from_secs(60),
+        "a move to the paused member reported stalled",
+        || {
+            let grid = &grid;
+            async move {
+                let stalled_to_new = grid.cluster(1).await.is_ok_and(|v| {
+                    v["balance"]["moves_stalled"] == 1
+                        && v["moves"].as_array().is_some_and(|ms| {
+                            ms.iter().any(|m| m["stalled"] == true && m["to"] == new)
+                        })
+                });
+                let metrics = grid.metrics(2).await;
+                stalled_to_new
+                    && common::gauge(&metrics, r#"devicegrid_replica_moves{state="stalled"}"#)
+                        == Some(1.0)
+            }
+        },
+    )
+    .await
+    .expect("stall reported");
+    grid.signal(new, Signal::SIGCONT);
+    grid.wait_balanced(1, &[1, 2, 3, 4], Duration::from_secs(120))
+        .await;
+}

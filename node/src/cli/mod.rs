@@ -85,6 +85,9 @@ struct ServeArgs {
     /// Replica moves in progress at once, grid-wide [default: 8].
     #[arg(long, env = "DEVICEGRID_MAX_MOVES")]
     max_moves: Option<u32>,
+    /// A move running longer than this is reported as stalled, ms [default: 120000].
+    #[arg(long, env = "DEVICEGRID_MOVE_STALLED_AFTER_MS")]
+    move_stalled_after_ms: Option<u64>,
     /// Source address of connections to other members [default: chosen by the OS].
     #[arg(long, env = "DEVICEGRID_PEER_SOURCE_IP")]
     peer_source_ip: Option<std::net::IpAddr>,
@@ -122,6 +125,7 @@ impl ServeArgs {
             snapshot_after_logs,
             failure_grace_ms,
             max_moves,
+            move_stalled_after_ms,
             member_down_after_ms
         );
         if self.advertise.is_some() {

@@ -185,60 +185,73 @@ async fn register(grid: &Grid) -> Result<()> {
 }
 
 /// Opens the groups of the partitions this member holds, initializes those it is the
-/// first replica of at bootstrap, and removes those moved away. Returns whether some group
-/// still waits to be initialized.
+/// first replica of at bootstrap, and removes those moved away (also data left behind by an
+/// earlier removal that was cut short). Returns whether some group still waits to be
+/// initialized. A failure on one partition does not hold up the others.
 async fn host_partitions(grid: &Grid, meta: &MetaState) -> Result<bool> {
     let mut waiting = false;
+    let mut failed = None;
     for p in 0..meta.partition_count {
-        if !meta.hosts(grid.id, p) {
-            if grid.group(GroupId::Partition(p)).is_some() {
-                grid.unhost_partition(p).await?;
-            }
-            continue;
-        }
-        let (group, _) = grid.host_partition(p).await?;
-        let replicas = meta.replicas(p);
-        // Only the table as bootstrapped creates groups; later replicas are added by the
-        // group's leader and start empty.
-        if meta.version(p) != 0 || replicas.first() != Some(&grid.id) {
-            continue;
-        }
-        // Initialized once a majority of the replicas host the group (they reported having
-        // the partition table); an election before that only collects refusals. Retried on
-        // every pass until it succeeds.
-        let initialized = group
-            .raft
-            .is_initialized()
-            .await
-            .map_err(|e| Error::Internal(e.to_string()))?;
-        if initialized {
-            continue;
-        }
-        let hosting = replicas
-            .iter()
-            .filter(|id| **id == grid.id || grid.liveness.bootstrapped(**id))
-            .count();
-        if hosting * 2 <= replicas.len() {
-            waiting = true;
-            continue;
-        }
-        let members: BTreeMap<NodeId, MemberNode> = replicas
-            .iter()
-            .filter_map(|id| {
-                meta.addr(*id).map(|a| {
-                    (
-                        *id,
-                        MemberNode {
-                            addr: a.to_string(),
-                        },
-                    )
-                })
-            })
-            .collect();
-        if let Err(e) = group.raft.initialize(members).await {
-            tracing::debug!(partition = p, error = %e, "partition initialize");
-            waiting = true;
+        match host_partition(grid, meta, p).await {
+            Ok(w) => waiting |= w,
+            Err(e) => failed = Some(e),
         }
     }
-    Ok(waiting)
+    match failed {
+        Some(e) => Err(e),
+        None => Ok(waiting),
+    }
+}
+
+async fn host_partition(grid: &Grid, meta: &MetaState, p: u32) -> Result<bool> {
+    if !meta.hosts(grid.id, p) {
+        if grid.group(GroupId::Partition(p)).is_some() || grid.storage.has_group(p) {
+            grid.unhost_partition(p).await?;
+        }
+        return Ok(false);
+    }
+    let (group, _) = grid.host_partition(p).await?;
+    let replicas = meta.replicas(p);
+    // Only the table as bootstrapped creates groups; later replicas are added by the
+    // group's leader and start empty.
+    let created = meta.partitions.get(p as usize).is_some_and(|i| i.created);
+    if created || replicas.first() != Some(&grid.id) {
+        return Ok(false);
+    }
+    // Initialized once a majority of the replicas host the group (they reported having the
+    // partition table); an election before that only collects refusals. Retried on every
+    // pass until it succeeds.
+    let initialized = group
+        .raft
+        .is_initialized()
+        .await
+        .map_err(|e| Error::Internal(e.to_string()))?;
+    if initialized {
+        return Ok(false);
+    }
+    let hosting = replicas
+        .iter()
+        .filter(|id| **id == grid.id || grid.liveness.bootstrapped(**id))
+        .count();
+    if hosting * 2 <= replicas.len() {
+        return Ok(true);
+    }
+    let members: BTreeMap<NodeId, MemberNode> = replicas
+        .iter()
+        .filter_map(|id| {
+            meta.addr(*id).map(|a| {
+                (
+                    *id,
+                    MemberNode {
+                        addr: a.to_string(),
+                    },
+                )
+            })
+        })
+        .collect();
+    if let Err(e) = group.raft.initialize(members).await {
+        tracing::debug!(partition = p, error = %e, "partition initialize");
+        return Ok(true);
+    }
+    Ok(false)
 }

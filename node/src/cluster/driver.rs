@@ -40,10 +40,16 @@ pub async fn run(grid: Arc<Grid>) {
             continue;
         }
         let meta = grid.meta_state();
-        let result = if meta.bootstrapped() {
-            drive(&grid, &meta).await
-        } else {
-            bootstrap(&grid, &meta).await
+        let round = async {
+            if meta.bootstrapped() {
+                drive(&grid, &meta).await
+            } else {
+                bootstrap(&grid, &meta).await
+            }
+        };
+        let result = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            r = round => r,
         };
         if let Err(e) = result {
             tracing::debug!(error = %e, "placement round");
@@ -136,8 +142,9 @@ async fn meta_membership(grid: &Grid, meta: &MetaState, failed: &BTreeSet<NodeId
             let node = MemberNode {
                 addr: m.addr.clone(),
             };
-            raft.add_learner(m.id, node, false)
+            tokio::time::timeout(META_CHANGE_TIMEOUT, raft.add_learner(m.id, node, false))
                 .await
+                .map_err(|_| unavailable("adding a metadata learner timed out".into()))?
                 .map_err(|e| unavailable(e.to_string()))?;
         }
     }

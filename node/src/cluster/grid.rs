@@ -14,7 +14,9 @@ use tokio_util::task::TaskTracker;
 
 use crate::cluster::group::Group;
 use crate::cluster::liveness::Liveness;
-use crate::cluster::meta::{MemberState, MetaCommand, MetaOutcome, MetaState, MoveReason};
+use crate::cluster::meta::{
+    MemberState, MetaCall, MetaCommand, MetaOutcome, MetaReply, MetaState, MoveReason,
+};
 use crate::cluster::{bootstrap, driver, expiry, liveness, mover, now_ms, partition_of};
 use crate::config::Config;
 use crate::metrics::Metrics;
@@ -240,8 +242,12 @@ impl Grid {
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .remove(&p);
-        let Some(g) = removed else { return Ok(()) };
-        let _ = g.raft.shutdown().await;
+        if let Some(g) = removed {
+            let stopped = tokio::time::timeout(Duration::from_secs(10), g.raft.shutdown()).await;
+            if stopped.is_err() {
+                tracing::warn!(partition = p, "replica did not stop within 10 s");
+            }
+        }
         self.storage
             .drop_group(GroupId::Partition(p).to_key())
             .await?;
@@ -249,12 +255,18 @@ impl Grid {
         Ok(())
     }
 
-    /// Runs `task` in this member's shutdown tree.
+    /// Runs `task` in this member's shutdown tree: it is dropped when the member stops.
     pub(crate) fn spawn<F>(&self, task: F)
     where
         F: std::future::Future<Output = ()> + Send + 'static,
     {
-        self.tasks.spawn(task);
+        let shutdown = self.shutdown.clone();
+        self.tasks.spawn(async move {
+            tokio::select! {
+                _ = shutdown.cancelled() => {}
+                _ = task => {}
+            }
+        });
     }
 
     /// Records (or clears) this member's progress on a move of partition `p`.
@@ -266,11 +278,32 @@ impl Grid {
         };
     }
 
-    /// Proposes a metadata command through the metadata leader: this member, the leader it
-    /// knows of, or else any initial member (which passes it on).
+    /// Proposes a metadata command through the metadata leader.
     pub async fn propose_meta(&self, cmd: MetaCommand) -> Result<MetaOutcome> {
+        match self.call_meta(MetaCall::Propose(cmd)).await? {
+            MetaReply::Outcome(o) => Ok(o),
+            other => Err(Error::Internal(format!(
+                "metadata leader answered {other:?}"
+            ))),
+        }
+    }
+
+    /// Partition `p`'s version in the metadata group's latest committed state: a
+    /// linearizable read through the metadata leader.
+    pub async fn confirmed_version(&self, p: u32) -> Result<u64> {
+        match self.call_meta(MetaCall::Version(p)).await? {
+            MetaReply::Version(v) => Ok(v),
+            other => Err(Error::Internal(format!(
+                "metadata leader answered {other:?}"
+            ))),
+        }
+    }
+
+    /// Sends `call` to the metadata leader: this member, the leader it knows of, or else
+    /// any initial member (which passes it on).
+    async fn call_meta(&self, call: MetaCall) -> Result<MetaReply> {
         if self.meta.is_leader() {
-            return self.apply_meta(cmd).await;
+            return self.serve_meta(call).await;
         }
         let mut addrs: Vec<String> = self.meta_leader_addr().into_iter().collect();
         for seed in self.config.seeds() {
@@ -281,7 +314,7 @@ impl Grid {
         let mut last = String::from("no member to ask");
         for addr in addrs {
             let req = PeerRequest::Meta {
-                cmd: cmd.clone(),
+                call: call.clone(),
                 forwarded: false,
             };
             match self
@@ -289,7 +322,7 @@ impl Grid {
                 .call(&addr, Lane::Control, req, META_CALL_TIMEOUT)
                 .await
             {
-                Ok(PeerResponse::Meta(Ok(outcome))) => return Ok(outcome),
+                Ok(PeerResponse::Meta(Ok(reply))) => return Ok(reply),
                 Ok(PeerResponse::Meta(Err(
                     e @ (WireError::Other(_) | WireError::Refused { .. }),
                 ))) => return Err(e.into_error(GroupId::Meta)),
@@ -317,12 +350,19 @@ impl Grid {
         })
     }
 
-    /// Commits `cmd` in the metadata group, led by this member.
-    async fn apply_meta(&self, cmd: MetaCommand) -> Result<MetaOutcome> {
+    /// Serves `call` on this member, the metadata leader.
+    async fn serve_meta(&self, call: MetaCall) -> Result<MetaReply> {
+        let cmd = match call {
+            MetaCall::Version(p) => {
+                self.meta.read_barrier().await?;
+                return Ok(MetaReply::Version(self.meta_state().version(p)));
+            }
+            MetaCall::Propose(cmd) => cmd,
+        };
         let write = self.meta.raft.client_write(Request::Meta(cmd));
         match tokio::time::timeout(META_CALL_TIMEOUT, write).await {
             Ok(Ok(resp)) => match resp.data {
-                Response::Meta(outcome) => Ok(outcome),
+                Response::Meta(outcome) => Ok(MetaReply::Outcome(outcome)),
                 other => Err(Error::Internal(format!(
                     "metadata group answered {other:?}"
                 ))),
@@ -344,9 +384,9 @@ impl Grid {
         }
     }
 
-    async fn handle_meta(&self, cmd: MetaCommand, forwarded: bool) -> Result<MetaOutcome> {
+    async fn handle_meta(&self, call: MetaCall, forwarded: bool) -> Result<MetaReply> {
         if self.meta.is_leader() {
-            return self.apply_meta(cmd).await;
+            return self.serve_meta(call).await;
         }
         let leader = self.meta.current_leader();
         let Some(addr) = self.meta_leader_addr().filter(|_| !forwarded) else {
@@ -356,7 +396,7 @@ impl Grid {
             });
         };
         let req = PeerRequest::Meta {
-            cmd,
+            call,
             forwarded: true,
         };
         match self
@@ -510,6 +550,23 @@ impl Grid {
                 message: "it does not host the group".into(),
             });
         };
+        // A stale read comes from a voter: a replica still catching up as a learner (or about
+        // to be deleted) might not have data that has long existed.
+        if matches!(call, Call::Read { stale: true, .. })
+            && !group
+                .raft
+                .metrics()
+                .borrow()
+                .membership_config
+                .voter_ids()
+                .any(|v| v == self.id)
+        {
+            return Err(Error::NotDelivered {
+                group: group_id,
+                member: self.id,
+                message: "its replica is not a voter".into(),
+            });
+        }
         // Without a majority of its voters no replica can commit or confirm leadership;
         // refusing now tells the client, for certain, that nothing was written.
         if !matches!(call, Call::Read { stale: true, .. }) {
@@ -616,14 +673,14 @@ impl Grid {
                 bootstrapped: self.meta_state().bootstrapped(),
             },
             PeerRequest::Status => PeerResponse::Status(self.status()),
-            PeerRequest::Meta { cmd, forwarded } => PeerResponse::Meta(
-                self.handle_meta(cmd, forwarded)
+            PeerRequest::Meta { call, forwarded } => PeerResponse::Meta(
+                self.handle_meta(call, forwarded)
                     .await
                     .map_err(WireError::from_error),
             ),
             PeerRequest::Elect { group } => match self.group(group) {
                 Some(g) => {
-                    self.tasks.spawn(mover::campaign(g));
+                    self.spawn(mover::campaign(g));
                     PeerResponse::Accepted
                 }
                 None => PeerResponse::NoGroup,
@@ -811,7 +868,7 @@ impl Grid {
                     age_ms,
                     phase: progress.get(p).map(|x| x.phase.clone()),
                     lag: progress.get(p).map(|x| x.lag),
-                    stalled: age_ms > MOVE_STALLED_AFTER.as_millis() as u64,
+                    stalled: age_ms > self.config.move_stalled_after_ms,
                 }
             })
             .collect();
@@ -865,8 +922,6 @@ impl Grid {
 
 /// How long a metadata command may take to commit.
 const META_CALL_TIMEOUT: Duration = Duration::from_secs(5);
-/// A move running longer than this is reported as stalled.
-pub const MOVE_STALLED_AFTER: Duration = Duration::from_secs(120);
 
 /// After this long, liveness has pinged every peer, and a member it calls down is skipped.
 const PEERS_KNOWN_AFTER: Duration = Duration::from_secs(3);
@@ -926,7 +981,7 @@ pub struct BalanceView {
     pub balanced: bool,
     /// Moves in progress.
     pub moves_in_progress: usize,
-    /// Moves running longer than [`MOVE_STALLED_AFTER`].
+    /// Moves running longer than `move_stalled_after_ms`.
     pub moves_stalled: usize,
     /// Moves finished since bootstrap.
     pub moves_finished: u64,
@@ -953,7 +1008,7 @@ pub struct MoveView {
     pub phase: Option<String>,
     /// Entries the new replica is behind, when reported.
     pub lag: Option<u64>,
-    /// Running longer than [`MOVE_STALLED_AFTER`].
+    /// Running longer than `move_stalled_after_ms`.
     pub stalled: bool,
 }
 

@@ -271,13 +271,14 @@ async fn run_proposer(
                 batch.into_iter().map(|p| (p.ops, p.reply)).unzip();
             // Only a refusal before proposing is safe to retry elsewhere. Once proposed, an
             // entry that loses its leader may still be committed by the next one.
-            let (state, leader, voters) = {
+            let (state, leader, voters, joint) = {
                 let m = raft.metrics();
                 let m = m.borrow();
                 (
                     m.state,
                     m.current_leader,
                     m.membership_config.voter_ids().count(),
+                    m.membership_config.membership().get_joint_config().len() > 1,
                 )
             };
             if state != ServerState::Leader {
@@ -314,9 +315,11 @@ async fn run_proposer(
                 }
                 // openraft answers ForwardToLeader before appending, or when the entry was
                 // truncated. A truncated entry cannot be committed later when a group has at
-                // most 4 voters (the new leader's log has replaced it on a majority); with 5 or
-                // more it can, so there it is ambiguous.
-                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) if voters <= 4 => {
+                // most 4 voters in one configuration (the new leader's log has replaced it on
+                // a majority); with 5 or more, or during joint consensus, it is ambiguous.
+                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))
+                    if voters <= 4 && !joint =>
+                {
                     fail_all(replies, || Error::NotLeader {
                         group,
                         leader: f.leader_id,

@@ -60,10 +60,13 @@ pub struct PartitionInfo {
     /// Replicas the partition should have; the first is the preferred leader. During a move
     /// the target is already listed and the source is not.
     pub replicas: Vec<NodeId>,
-    /// Incremented by every start, end or cancel of a move. A group is initialized by its
-    /// first replica only at version 0 (as bootstrapped); after that, replicas are added by
-    /// the group's leader only.
+    /// Incremented by every start, end or cancel of a move; identifies a move.
     pub version: u64,
+    /// Whether the group has been created (initialized by its first replica and led once).
+    /// Until then its replicas are as bootstrapped and nothing moves; after, replicas are
+    /// only ever added by the group's leader.
+    #[serde(default)]
+    pub created: bool,
 }
 
 /// Why a replica moves.
@@ -83,6 +86,8 @@ pub enum MoveReason {
 /// A replica move in progress: `to` is being added, then `from` (if any) removed.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Move {
+    /// The partition's version once the move started; finishing or cancelling names it.
+    pub version: u64,
     /// The replica being replaced (`None`: a replica is added).
     pub from: Option<NodeId>,
     /// The member receiving the replica.
@@ -216,15 +221,25 @@ pub enum MetaCommand {
         /// Start time (ms since the epoch).
         now_ms: u64,
     },
-    /// The partition's Raft voters now equal its table entry: the move is done.
+    /// The partition's committed Raft voters equal its table entry: the move is done.
     FinishMove {
         /// Partition.
         partition: u32,
+        /// The move's version ([`Move::version`]).
+        version: u64,
         /// The group's voters, as its leader committed them.
         voters: Vec<NodeId>,
     },
-    /// Rolls a move back: the source is listed again, the target not.
+    /// Rolls a move back: the source is listed again, the target not. Proposed by the
+    /// partition leader only, and only while the target is not a voter.
     CancelMove {
+        /// Partition.
+        partition: u32,
+        /// The move's version ([`Move::version`]).
+        version: u64,
+    },
+    /// The partition's group exists (its first leader reports it).
+    PartitionCreated {
         /// Partition.
         partition: u32,
     },
@@ -235,6 +250,24 @@ pub enum MetaCommand {
         /// One of its replicas.
         leader: NodeId,
     },
+}
+
+/// A request for the metadata leader.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum MetaCall {
+    /// Commit a command.
+    Propose(MetaCommand),
+    /// The version of a partition in the latest committed state (a linearizable read).
+    Version(u32),
+}
+
+/// The metadata leader's answer to a [`MetaCall`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MetaReply {
+    /// What the command did.
+    Outcome(MetaOutcome),
+    /// The partition's version.
+    Version(u64),
 }
 
 /// What applying a [`MetaCommand`] did.
@@ -334,6 +367,7 @@ fn apply_inner(s: &mut MetaState, cmd: &MetaCommand) -> MetaOutcome {
                 .map(|replicas| PartitionInfo {
                     replicas,
                     version: 0,
+                    created: false,
                 })
                 .collect();
             MetaOutcome::Applied
@@ -390,21 +424,25 @@ fn apply_inner(s: &mut MetaState, cmd: &MetaCommand) -> MetaOutcome {
             let Some(info) = s.partitions.get(p as usize) else {
                 return refused("invalid_move", format!("partition {p} does not exist"));
             };
-            let valid = !s.moves.contains_key(&p)
+            let valid = info.created
+                && !s.moves.contains_key(&p)
                 && s.state(*to) == Some(MemberState::Active)
                 && !info.replicas.contains(to)
                 && from.is_none_or(|f| info.replicas.contains(&f));
             if !valid {
                 return MetaOutcome::Unchanged;
             }
+            let mut version = 0;
             if let Some(info) = s.partitions.get_mut(p as usize) {
                 info.replicas.retain(|r| Some(*r) != *from);
                 info.replicas.push(*to);
                 info.version += 1;
+                version = info.version;
             }
             s.moves.insert(
                 p,
                 Move {
+                    version,
                     from: *from,
                     to: *to,
                     reason: *reason,
@@ -413,8 +451,16 @@ fn apply_inner(s: &mut MetaState, cmd: &MetaCommand) -> MetaOutcome {
             );
             MetaOutcome::Applied
         }
-        MetaCommand::FinishMove { partition, voters } => {
-            let done = s.moves.contains_key(partition) && same_set(s.replicas(*partition), voters);
+        MetaCommand::FinishMove {
+            partition,
+            version,
+            voters,
+        } => {
+            let done = s
+                .moves
+                .get(partition)
+                .is_some_and(|m| m.version == *version)
+                && same_set(s.replicas(*partition), voters);
             if !done {
                 return MetaOutcome::Unchanged;
             }
@@ -425,7 +471,10 @@ fn apply_inner(s: &mut MetaState, cmd: &MetaCommand) -> MetaOutcome {
             }
             MetaOutcome::Applied
         }
-        MetaCommand::CancelMove { partition } => {
+        MetaCommand::CancelMove { partition, version } => {
+            if s.moves.get(partition).is_none_or(|m| m.version != *version) {
+                return MetaOutcome::Unchanged;
+            }
             let Some(mv) = s.moves.remove(partition) else {
                 return MetaOutcome::Unchanged;
             };
@@ -437,6 +486,15 @@ fn apply_inner(s: &mut MetaState, cmd: &MetaCommand) -> MetaOutcome {
                 info.version += 1;
             }
             MetaOutcome::Applied
+        }
+        MetaCommand::PartitionCreated { partition } => {
+            match s.partitions.get_mut(*partition as usize) {
+                Some(info) if !info.created => {
+                    info.created = true;
+                    MetaOutcome::Applied
+                }
+                _ => MetaOutcome::Unchanged,
+            }
         }
         MetaCommand::SetPreferredLeader { partition, leader } => {
             match s.partitions.get_mut(*partition as usize) {
@@ -477,7 +535,7 @@ pub(crate) mod tests {
         assert_eq!(apply(s, &cmd), MetaOutcome::Applied);
     }
 
-    /// A bootstrapped grid of members `1..=n`.
+    /// A bootstrapped grid of members `1..=n`, every partition's group created.
     pub(crate) fn grid(n: u64, partitions: u32, rf: u32) -> MetaState {
         let mut s = MetaState::default();
         for id in 1..=n {
@@ -489,6 +547,10 @@ pub(crate) mod tests {
             replication_factor: rf,
         };
         assert_eq!(apply(&mut s, &cmd), MetaOutcome::Applied);
+        for partition in 0..partitions {
+            let created = MetaCommand::PartitionCreated { partition };
+            assert_eq!(apply(&mut s, &created), MetaOutcome::Applied);
+        }
         s
     }
 
@@ -555,6 +617,31 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn nothing_moves_before_the_group_exists() {
+        let mut s = MetaState::default();
+        for id in 1..=4 {
+            join(&mut s, id, None);
+        }
+        let boot = MetaCommand::Bootstrap {
+            members: vec![1, 2, 3, 4],
+            partition_count: 1,
+            replication_factor: 3,
+        };
+        apply(&mut s, &boot);
+        let to = (1..=4).find(|id| !s.replicas(0).contains(id)).unwrap_or(4);
+        let start = MetaCommand::StartMove {
+            partition: 0,
+            from: None,
+            to,
+            reason: MoveReason::Repair,
+            now_ms: 1,
+        };
+        assert_eq!(apply(&mut s, &start), MetaOutcome::Unchanged);
+        apply(&mut s, &MetaCommand::PartitionCreated { partition: 0 });
+        assert_eq!(apply(&mut s, &start), MetaOutcome::Applied);
+    }
+
+    #[test]
     fn a_move_lists_the_target_then_finishes_or_rolls_back() {
         let mut s = grid(3, 4, 3);
         join(&mut s, 4, None);
@@ -582,17 +669,32 @@ pub(crate) mod tests {
         // Finishing needs the group's voters to match the table.
         let wrong = MetaCommand::FinishMove {
             partition: 0,
+            version: 1,
             voters: before.clone(),
         };
         assert_eq!(apply(&mut s, &wrong), MetaOutcome::Unchanged);
+        // Finishing or cancelling names the move: an older one's report changes nothing.
+        let stale = MetaCommand::FinishMove {
+            partition: 0,
+            version: 0,
+            voters: s.replicas(0).to_vec(),
+        };
+        assert_eq!(apply(&mut s, &stale), MetaOutcome::Unchanged);
         let mut rolled = s.clone();
-        assert_eq!(
-            apply(&mut rolled, &MetaCommand::CancelMove { partition: 0 }),
-            MetaOutcome::Applied
-        );
+        let cancel_old = MetaCommand::CancelMove {
+            partition: 0,
+            version: 7,
+        };
+        assert_eq!(apply(&mut rolled, &cancel_old), MetaOutcome::Unchanged);
+        let cancel = MetaCommand::CancelMove {
+            partition: 0,
+            version: 1,
+        };
+        assert_eq!(apply(&mut rolled, &cancel), MetaOutcome::Applied);
         assert!(same_set(rolled.replicas(0), &before));
         let done = MetaCommand::FinishMove {
             partition: 0,
+            version: 1,
             voters: s.replicas(0).to_vec(),
         };
         assert_eq!(apply(&mut s, &done), MetaOutcome::Applied);

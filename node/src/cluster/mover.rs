@@ -3,14 +3,19 @@
 //! Level-triggered: twice a second, for every partition this member leads, the group's Raft
 //! membership is compared with the partition's table entry ([`MetaState`]):
 //!
+//! - the group is not recorded as created: report `PartitionCreated` (moves wait for it);
+//! - a move's target has been down past the failure grace period and is not a voter yet:
+//!   cancel the move (only the leader knows whether the target became a voter);
 //! - the leader is not in the table (it is a move's source): it hands leadership to a
-//!   replica that stays, which then carries out the move;
-//! - the membership differs: add the new replicas as learners, wait until they caught up
-//!   (openraft streams a snapshot where the log no longer reaches), change the voters
-//!   through joint consensus, drop leftover learners, then report `FinishMove` to the
-//!   metadata group. The source member deletes its replica once the move is finished;
-//! - the membership matches but a move is still recorded: report `FinishMove`;
-//! - otherwise, if the table prefers another replica as leader: hand leadership over.
+//!   caught-up replica that stays, which then carries out the move (with none, it carries
+//!   out the move itself and steps down at the end);
+//! - the membership differs: confirm with the metadata leader that this member's table is
+//!   current, add the new replicas as learners, wait until they caught up (openraft streams
+//!   a snapshot where the log no longer reaches), change the voters through joint
+//!   consensus, drop leftover learners, then report `FinishMove` with the committed voters.
+//!   The source member deletes its replica once the move is finished;
+//! - the committed membership matches but the move is still recorded: report `FinishMove`;
+//! - otherwise, if the table prefers another, caught-up replica as leader: hand over.
 //!
 //! Because each step starts from what the group and the table say now, a move interrupted
 //! by a crash (of the leader, the source, the target or the metadata leader) resumes from
@@ -31,6 +36,8 @@ use crate::cluster::group::Group;
 use crate::cluster::meta::{MetaCommand, MetaState};
 use crate::cluster::Grid;
 use crate::raft::{GroupId, MemberNode, NodeId};
+
+type RaftMetrics = openraft::RaftMetrics<NodeId, MemberNode>;
 use crate::transport::{Lane, MoveProgress, PeerRequest, PeerResponse};
 
 /// How long a new replica may take to catch up before the step is retried.
@@ -45,7 +52,14 @@ const HANDOFF_WAIT: Duration = Duration::from_secs(3);
 /// leader (openraft's leader lease, `election_timeout_max`).
 const LEAD_BEFORE_HANDOFF: Duration = Duration::from_millis(3500);
 
+/// A handoff target may be this many entries behind the leader.
+const HANDOFF_MAX_LAG: u64 = 64;
+/// After a failed handoff, the partition waits this long before the next one.
+const HANDOFF_BACKOFF: Duration = Duration::from_secs(15);
+
 enum Action {
+    Created,
+    Cancel(u64),
     Reconfigure,
     Finish,
     Handoff(NodeId),
@@ -55,6 +69,8 @@ enum Action {
 pub async fn run(grid: Arc<Grid>) {
     let shutdown = grid.shutdown_token().clone();
     let busy: Arc<Mutex<HashSet<u32>>> = Arc::default();
+    // Partitions whose last handoff failed, and when they may try again.
+    let backoff: Arc<Mutex<HashMap<u32, Instant>>> = Arc::default();
     let handoffs = Arc::new(tokio::sync::Semaphore::new(MAX_HANDOFFS));
     // When this member was first seen leading each partition, and in which term.
     let mut leading: HashMap<u32, (u64, Instant)> = HashMap::new();
@@ -82,7 +98,12 @@ pub async fn run(grid: Arc<Grid>) {
             if since.0 != term {
                 *since = (term, Instant::now());
             }
-            let settled = since.1.elapsed() >= LEAD_BEFORE_HANDOFF;
+            let settled = since.1.elapsed() >= LEAD_BEFORE_HANDOFF
+                && backoff
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .get(&p)
+                    .is_none_or(|t| Instant::now() >= *t);
             if busy.lock().unwrap_or_else(|e| e.into_inner()).contains(&p) {
                 continue;
             }
@@ -98,16 +119,36 @@ pub async fn run(grid: Arc<Grid>) {
                 _ => None,
             };
             busy.lock().unwrap_or_else(|e| e.into_inner()).insert(p);
-            let (task_grid, busy) = (grid.clone(), busy.clone());
+            let (task_grid, busy, backoff) = (grid.clone(), busy.clone(), backoff.clone());
             grid.spawn(async move {
                 let grid = task_grid;
+                let is_handoff = matches!(action, Action::Handoff(_));
                 let result = match action {
+                    Action::Created => {
+                        report(&grid, MetaCommand::PartitionCreated { partition: p }).await
+                    }
+                    Action::Cancel(version) => {
+                        report(
+                            &grid,
+                            MetaCommand::CancelMove {
+                                partition: p,
+                                version,
+                            },
+                        )
+                        .await
+                    }
                     Action::Reconfigure => reconfigure(&grid, &g, p).await,
-                    Action::Finish => finish(&grid, p).await,
+                    Action::Finish => finish(&grid, &g, p).await,
                     Action::Handoff(to) => handoff(&grid, &g, p, to).await,
                 };
                 if let Err(e) = result {
                     tracing::info!(partition = p, error = %e, "move step not done; retrying");
+                    if is_handoff {
+                        backoff
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .insert(p, Instant::now() + HANDOFF_BACKOFF);
+                    }
                 }
                 grid.set_progress(p, None);
                 drop(permit);
@@ -122,29 +163,65 @@ fn decide(grid: &Grid, meta: &MetaState, g: &Group, p: u32) -> Option<Action> {
     if desired.is_empty() {
         return None;
     }
+    if !meta.partitions.get(p as usize)?.created {
+        return Some(Action::Created);
+    }
     let want: BTreeSet<NodeId> = desired.iter().copied().collect();
     let m = g.raft.metrics().borrow().clone();
     let voters: BTreeSet<NodeId> = m.membership_config.voter_ids().collect();
     let nodes: BTreeSet<NodeId> = m.membership_config.nodes().map(|(id, _)| *id).collect();
     let alive = |id: &NodeId| grid.liveness.alive(*id);
+    let grace = Duration::from_millis(grid.config.failure_grace_ms);
+    if let Some(mv) = meta.moves.get(&p) {
+        let failed = grid.liveness.down_for(mv.to).is_some_and(|d| d >= grace);
+        if failed && !voters.contains(&mv.to) {
+            return Some(Action::Cancel(mv.version));
+        }
+    }
     if !want.contains(&grid.id) {
-        // Hand over to a replica that stays, in the table's order of preference.
-        return desired
-            .iter()
-            .find(|id| voters.contains(id) && alive(id))
-            .map(|to| Action::Handoff(*to));
+        // Hand over to a replica that stays, in the table's order of preference; with none
+        // able to take over, carry the move out here.
+        return Some(
+            desired
+                .iter()
+                .find(|id| voters.contains(id) && alive(id) && lag(&m, **id) <= HANDOFF_MAX_LAG)
+                .map_or(Action::Reconfigure, |to| Action::Handoff(*to)),
+        );
     }
     if voters != want || nodes != want {
         return Some(Action::Reconfigure);
     }
     if meta.moves.contains_key(&p) {
-        return Some(Action::Finish);
+        return committed_membership(&m).then_some(Action::Finish);
     }
     let preferred = desired[0];
-    if preferred != grid.id && alive(&preferred) && g.handoff().is_none() {
+    let ready = alive(&preferred) && lag(&m, preferred) <= HANDOFF_MAX_LAG;
+    if preferred != grid.id && ready && g.handoff().is_none() {
         return Some(Action::Handoff(preferred));
     }
     None
+}
+
+/// Entries `id` is behind this leader (everything, when unknown).
+fn lag(m: &RaftMetrics, id: NodeId) -> u64 {
+    let last = m.last_log_index.unwrap_or(0);
+    let matched = m
+        .replication
+        .as_ref()
+        .and_then(|r| r.get(&id).cloned().flatten())
+        .map(|l| l.index);
+    matched.map_or(u64::MAX, |i| last.saturating_sub(i))
+}
+
+/// Whether the group's effective membership is committed (applied here).
+fn committed_membership(m: &RaftMetrics) -> bool {
+    let config = m.membership_config.log_id().as_ref().map(|l| l.index);
+    config <= m.last_applied.as_ref().map(|l| l.index)
+}
+
+async fn report(grid: &Grid, cmd: MetaCommand) -> Result<(), String> {
+    grid.propose_meta(cmd).await.map_err(|e| e.to_string())?;
+    Ok(())
 }
 
 fn progress(grid: &Grid, p: u32, phase: &str, lag: u64) {
@@ -160,6 +237,15 @@ fn progress(grid: &Grid, p: u32, phase: &str, lag: u64) {
 
 async fn reconfigure(grid: &Grid, g: &Group, p: u32) -> Result<(), String> {
     let meta = grid.meta_state();
+    // A leader with an older table than the one the group's voters came from would move
+    // the voters backwards: act only on the table the metadata leader confirms.
+    let confirmed = grid.confirmed_version(p).await.map_err(|e| e.to_string())?;
+    if confirmed != meta.version(p) {
+        return Err(format!(
+            "this member's table is at version {} of partition {p}, the grid's at {confirmed}",
+            meta.version(p)
+        ));
+    }
     let want: BTreeSet<NodeId> = meta.replicas(p).iter().copied().collect();
     let m = g.raft.metrics().borrow().clone();
     let nodes: BTreeSet<NodeId> = m.membership_config.nodes().map(|(id, _)| *id).collect();
@@ -237,22 +323,26 @@ async fn reconfigure(grid: &Grid, g: &Group, p: u32) -> Result<(), String> {
             .map_err(|_| "learner removal timed out".to_string())?
             .map_err(|e| format!("learner removal: {e}"))?;
     }
-    finish(grid, p).await
+    finish(grid, g, p).await
 }
 
-/// Reports a finished move to the metadata group (if one is recorded).
-async fn finish(grid: &Grid, p: u32) -> Result<(), String> {
+/// Reports a finished move (if one is recorded) with the group's committed voters.
+async fn finish(grid: &Grid, g: &Group, p: u32) -> Result<(), String> {
     let meta = grid.meta_state();
-    if !meta.moves.contains_key(&p) {
+    let Some(mv) = meta.moves.get(&p) else {
         return Ok(());
+    };
+    let m = g.raft.metrics().borrow().clone();
+    if !committed_membership(&m) {
+        return Err("the group's membership is not committed yet".into());
     }
     progress(grid, p, "finishing", 0);
     let cmd = MetaCommand::FinishMove {
         partition: p,
-        voters: meta.replicas(p).to_vec(),
+        version: mv.version,
+        voters: m.membership_config.voter_ids().collect(),
     };
-    grid.propose_meta(cmd).await.map_err(|e| e.to_string())?;
-    Ok(())
+    report(grid, cmd).await
 }
 
 async fn handoff(grid: &Grid, g: &Group, p: u32, to: NodeId) -> Result<(), String> {

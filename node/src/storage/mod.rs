@@ -97,6 +97,19 @@ impl Storage {
 }
 
 impl Storage {
+    /// Whether anything of `group` is stored.
+    pub fn has_group(&self, group: u32) -> bool {
+        let prefix = group.to_be_bytes();
+        [
+            &self.log,
+            &self.raft_state,
+            &self.state_machine,
+            &self.snapshots,
+        ]
+        .iter()
+        .any(|t| t.scan_prefix(prefix).next().is_some())
+    }
+
     /// Deletes everything of `group` (log, vote, state machine, snapshot) and flushes: the
     /// member gave its replica away. The group must not be running.
     pub async fn drop_group(&self, group: u32) -> Result<()> {

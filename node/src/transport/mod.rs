@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 
 pub use client::{Lane, Transport, TransportError};
 
-use crate::cluster::meta::{MetaCommand, MetaOutcome};
+use crate::cluster::meta::{MetaCall, MetaReply};
 use crate::raft::{GroupId, NodeId, TypeConfig};
 use crate::structures::map::{MapOp, OpOutcome, Record};
 
@@ -59,11 +59,11 @@ pub enum PeerRequest {
     },
     /// This member's view of its groups.
     Status,
-    /// A metadata command for the metadata leader. A member that does not lead the metadata
-    /// group passes it on to the leader it knows, once (`forwarded` is then true).
+    /// A request for the metadata leader. A member that does not lead the metadata group
+    /// passes it on to the leader it knows, once (`forwarded` is then true).
     Meta {
-        /// The command.
-        cmd: MetaCommand,
+        /// The request.
+        call: MetaCall,
         /// Already passed on by another member.
         forwarded: bool,
     },
@@ -111,7 +111,7 @@ pub enum PeerResponse {
     /// Answer to [`PeerRequest::Status`].
     Status(MemberStatus),
     /// Answer to [`PeerRequest::Meta`].
-    Meta(Result<MetaOutcome, WireError>),
+    Meta(Result<MetaReply, WireError>),
     /// Request accepted.
     Accepted,
     /// The request could not be decoded or handled.

@@ -135,6 +135,19 @@ impl TestGrid {
         }
     }
 
+    /// `GET /metrics` of member `id` (empty when it does not answer).
+    pub async fn metrics(&self, id: u64) -> String {
+        match self
+            .http
+            .get(format!("{}/metrics", self.url(id)))
+            .send()
+            .await
+        {
+            Ok(r) => r.text().await.unwrap_or_default(),
+            Err(_) => String::new(),
+        }
+    }
+
     /// `GET /v1/cluster` from member `id`.
     pub async fn cluster(&self, id: u64) -> Result<Value, String> {
         let resp = self
