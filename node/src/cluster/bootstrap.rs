@@ -13,7 +13,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
@@ -22,6 +22,10 @@ use crate::cluster::Grid;
 use crate::config::{Config, Seed};
 use crate::raft::{GroupId, MemberNode, NodeId};
 use crate::{Error, Result};
+
+/// How long a committed Join may take to show in this member's metadata before it is sent
+/// again.
+const JOIN_RETRY: Duration = Duration::from_secs(5);
 
 /// Most voters of the metadata group.
 pub const META_VOTERS: usize = 5;
@@ -96,6 +100,7 @@ pub async fn run(grid: Arc<Grid>) {
     let mut seeds = grid.config.seeds();
     seeds.sort_by_key(|s| s.id);
     let mut registered = false;
+    let mut last_join = None;
     loop {
         let meta = grid.meta_state();
         let mut waiting = !registered;
@@ -105,12 +110,18 @@ pub async fn run(grid: Arc<Grid>) {
                 tracing::debug!(error = %e, "metadata group not initialized yet");
             }
         }
-        if needs_join(&grid, &meta, registered) {
+        // A committed Join reaches this member's copy of the metadata a moment later; it is
+        // proposed again only if it has not arrived after a while.
+        let join_due = last_join.is_none_or(|t: Instant| t.elapsed() > JOIN_RETRY);
+        if needs_join(&grid, &meta, registered) && join_due {
             match register(&grid).await {
-                Ok(()) => registered = true,
+                Ok(()) => {
+                    registered = true;
+                    last_join = Some(Instant::now());
+                }
                 Err(e) => tracing::debug!(error = %e, "registration not done yet"),
             }
-        } else {
+        } else if !needs_join(&grid, &meta, registered) {
             registered = true;
         }
         if meta.bootstrapped() {
