@@ -5,7 +5,7 @@ DATA_DIR ?= .devicegrid
 BASE_PORT ?= 7001
 NODES ?= 3
 
-.PHONY: run test lint fmt toolchain build release bench bench-compare bench-rebalance clean lincheck
+.PHONY: run test lint fmt toolchain build release bench bench-compare bench-rebalance clean lincheck crds
 
 ## run: build and start a local 3-member grid on 127.0.0.1:7001-7003 (data in ./.devicegrid)
 run: release
@@ -20,6 +20,10 @@ test: toolchain lint lincheck
 lincheck:
 	scripts/lincheck-bin.sh >/dev/null
 	cd tools/lincheck && c=$${DEVICEGRID_CACHE:-$(CURDIR)/.cache} && GOMODCACHE=$$c/go/mod GOCACHE=$$c/go/build GOTOOLCHAIN=local CGO_ENABLED=0 GOFLAGS=-mod=readonly go test ./...
+
+## crds: regenerate crds/ from the operator's Rust types (a test fails when it is stale)
+crds:
+	$(CARGO) run -q -p devicegrid-operator -- crd > crds/devicegrid.io_devicegrids.yaml
 
 lint: toolchain
 	$(CARGO) fmt --all -- --check
