@@ -5,8 +5,37 @@
 //!
 //! - [`crd`]: the custom resource's spec and status, its OpenAPI schema and CEL rules, and
 //!   the generated CRD YAML (`devicegrid-operator crd`, checked in under `crds/`)
+//! - [`builders`]: the objects a grid owns, built from its spec (pure functions)
 //!
-//! The reconciler, the object builders and the Helm chart are built out by the operator
-//! issue.
+//! The reconciler and the Helm chart are built out by the operator issue.
 
+pub mod builders;
 pub mod crd;
+
+/// Errors of the operator library.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The grid has no namespace (it is a namespaced resource; the API server sets it).
+    #[error("the DeviceGrid has no namespace")]
+    MissingNamespace,
+    /// The grid has no uid yet, so children cannot name it as their owner.
+    #[error("the DeviceGrid has no uid")]
+    MissingUid,
+    /// A child object could not be built from the spec.
+    #[error("building the {0}: {1}")]
+    Build(String, #[source] serde_json::Error),
+}
+
+impl Error {
+    /// Short label for metrics.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Error::MissingNamespace => "missing_namespace",
+            Error::MissingUid => "missing_uid",
+            Error::Build(..) => "build",
+        }
+    }
+}
+
+/// Result with the operator's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;

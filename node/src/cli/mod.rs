@@ -73,6 +73,10 @@ struct ServeArgs {
     /// A group snapshots and drops its log after this many entries [default: 10000].
     #[arg(long, env = "DEVICEGRID_SNAPSHOT_AFTER_LOGS")]
     snapshot_after_logs: Option<u64>,
+    /// StatefulSet pod index; the member id is the index plus one (when --node-id is not
+    /// given). Kubernetes sets it from the `apps.kubernetes.io/pod-index` label.
+    #[arg(long, env = "DEVICEGRID_POD_INDEX")]
+    pod_index: Option<u64>,
     /// Failure zone of this member (the operator passes the Kubernetes node's zone).
     #[arg(long, env = "DEVICEGRID_ZONE")]
     zone: Option<String>,
@@ -133,6 +137,9 @@ impl ServeArgs {
         }
         if self.zone.is_some() {
             c.zone = self.zone;
+        }
+        if let (None, Some(i)) = (self.node_id, self.pod_index) {
+            c.node_id = i + 1;
         }
         if self.min_members.is_some() {
             c.min_members = self.min_members;
