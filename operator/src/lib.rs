@@ -6,11 +6,14 @@
 //! - [`crd`]: the custom resource's spec and status, its OpenAPI schema and CEL rules, and
 //!   the generated CRD YAML (`devicegrid-operator crd`, checked in under `crds/`)
 //! - [`builders`]: the objects a grid owns, built from its spec (pure functions)
+//! - [`decisions`]: scale-up, drain-before-shrink scale-down and one-pod-at-a-time rolls
+//!   (pure functions of what the reconciler observed)
 //!
 //! The reconciler and the Helm chart are built out by the operator issue.
 
 pub mod builders;
 pub mod crd;
+pub mod decisions;
 
 /// Errors of the operator library.
 #[derive(Debug, thiserror::Error)]
