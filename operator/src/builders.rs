@@ -16,7 +16,7 @@ use kube::{Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use serde_json::{json, Value};
 
-use crate::crd::{DeviceGrid, PullPolicy};
+use crate::crd::{DeviceGrid, PullPolicy, VolumePolicy};
 use crate::{Error, Result};
 
 /// Port of the member API (and peer traffic).
@@ -205,6 +205,13 @@ pub fn pod_disruption_budget(dg: &DeviceGrid, names: &Names) -> Result<PodDisrup
     )
 }
 
+fn volume_policy(p: VolumePolicy) -> &'static str {
+    match p {
+        VolumePolicy::Retain => "Retain",
+        VolumePolicy::Delete => "Delete",
+    }
+}
+
 fn pull_policy(p: PullPolicy) -> &'static str {
     match p {
         PullPolicy::Always => "Always",
@@ -307,6 +314,10 @@ pub fn stateful_set(dg: &DeviceGrid, names: &Names, replicas: i32) -> Result<Sta
             "serviceName": names.members(),
             "podManagementPolicy": "Parallel",
             "updateStrategy": { "type": "OnDelete" },
+            "persistentVolumeClaimRetentionPolicy": {
+                "whenScaled": volume_policy(spec.storage.when_scaled),
+                "whenDeleted": volume_policy(spec.storage.when_deleted),
+            },
             "selector": { "matchLabels": selector },
             "template": {
                 "metadata": { "labels": labels(names) },

@@ -9,11 +9,16 @@
 //! - [`decisions`]: scale-up, drain-before-shrink scale-down and one-pod-at-a-time rolls
 //!   (pure functions of what the reconciler observed)
 //!
-//! The reconciler and the Helm chart are built out by the operator issue.
+//! - [`reconciler`]: the kube-rs controller: applies children, scales through the grid's
+//!   drain API, rolls pods, writes status and events
+//!
+//! The Helm chart and the operator's leader election arrive with the rest of the operator
+//! issue.
 
 pub mod builders;
 pub mod crd;
 pub mod decisions;
+pub mod reconciler;
 
 /// Errors of the operator library.
 #[derive(Debug, thiserror::Error)]
