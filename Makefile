@@ -5,14 +5,14 @@ DATA_DIR ?= .devicegrid
 BASE_PORT ?= 7001
 NODES ?= 3
 
-.PHONY: run test lint fmt toolchain build release bench bench-compare bench-rebalance clean lincheck crds
+.PHONY: run test lint fmt toolchain build release bench bench-compare bench-rebalance clean lincheck crds k8s-tools
 
 ## run: build and start a local 3-member grid on 127.0.0.1:7001-7003 (data in ./.devicegrid)
 run: release
 	./target/release/devicegrid dev --nodes $(NODES) --data-dir $(DATA_DIR) --base-port $(BASE_PORT)
 
 ## test: formatting, lints and every test (unit, storage suite, multi-process cluster tests)
-test: toolchain lint lincheck
+test: toolchain lint lincheck k8s-tools
 	$(CARGO) test --workspace --all-targets
 	$(CARGO) test --workspace --doc
 
@@ -20,6 +20,12 @@ test: toolchain lint lincheck
 lincheck:
 	scripts/lincheck-bin.sh >/dev/null
 	cd tools/lincheck && c=$${DEVICEGRID_CACHE:-$(CURDIR)/.cache} && GOMODCACHE=$$c/go/mod GOCACHE=$$c/go/build GOTOOLCHAIN=local CGO_ENABLED=0 GOFLAGS=-mod=readonly go test ./...
+
+## k8s-tools: etcd and kube-apiserver for the operator tests, built once from their Go modules
+## into .cache (cold: about 5 minutes on 2 cores)
+k8s-tools:
+	scripts/etcd-bin.sh >/dev/null
+	scripts/k8s-bin.sh kube-apiserver >/dev/null
 
 ## crds: regenerate crds/ from the operator's Rust types (a test fails when it is stale)
 crds:

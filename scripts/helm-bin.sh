@@ -36,7 +36,7 @@ if [[ -x "$bin" && -f "$bin.stamp" && "$(cat "$bin.stamp")" == "$stamp" ]]; then
   echo "$bin"; exit 0
 fi
 
-echo "helm-bin.sh: building helm $version into $bin (cold cache: ~5 min on 2 cores)..." >&2
+echo "helm-bin.sh: building helm $version into $bin (cold cache: ~2 min on 2 cores)..." >&2
 mkdir -p "$cache/bin"
 tmp="$bin.tmp.$$"
 trap 'rm -f "$tmp"' EXIT

@@ -41,7 +41,7 @@ if [[ -x "$bin" && -f "$bin.stamp" && "$(cat "$bin.stamp")" == "$stamp" ]]; then
   echo "$bin"; exit 0
 fi
 
-echo "k8s-bin.sh: building $name $version into $bin (cold cache: 10-20 min on 2 cores)..." >&2
+echo "k8s-bin.sh: building $name $version into $bin (cold cache: 2-5 min on 2 cores)..." >&2
 mkdir -p "$cache/bin"
 tmp="$bin.tmp.$$"
 trap 'rm -f "$tmp"' EXIT
