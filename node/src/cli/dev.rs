@@ -369,15 +369,13 @@ async fn supervise(launcher: &Launcher, members: &mut Vec<Member>) {
     }
 }
 
+/// Stops every running member at once (each with its own grace period).
 async fn stop_all(members: &mut [Member]) {
-    for m in members.iter().filter(|m| m.running) {
-        if let Some(pid) = m.child.id() {
-            let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
-        }
-    }
-    for m in members.iter_mut().filter(|m| m.running) {
-        stop_one(m).await;
-    }
+    let stops = members
+        .iter_mut()
+        .filter(|m| m.running)
+        .map(|m| stop_one(m));
+    futures::future::join_all(stops).await;
 }
 
 /// SIGTERM, then SIGKILL after a grace period.
