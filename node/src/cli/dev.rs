@@ -371,10 +371,7 @@ async fn supervise(launcher: &Launcher, members: &mut Vec<Member>) {
 
 /// Stops every running member at once (each with its own grace period).
 async fn stop_all(members: &mut [Member]) {
-    let stops = members
-        .iter_mut()
-        .filter(|m| m.running)
-        .map(|m| stop_one(m));
+    let stops = members.iter_mut().filter(|m| m.running).map(stop_one);
     futures::future::join_all(stops).await;
 }
 
