@@ -95,6 +95,17 @@ async fn stop_and_check(name: &str, w: Workload, via: String) {
     }
 }
 
+/// Waits until member 2 reports replica moves in progress.
+async fn wait_moves_in_progress(grid: &TestGrid) {
+    wait_for(Duration::from_secs(60), "moves in progress", || async {
+        grid.cluster(2)
+            .await
+            .is_ok_and(|v| v["balance"]["moves_in_progress"].as_u64() > Some(0))
+    })
+    .await
+    .expect("moves in progress");
+}
+
 async fn post(grid: &TestGrid, via: u64, path: &str) -> (u16, Value) {
     let resp = grid
         .http
@@ -184,30 +195,12 @@ async fn moves_survive_kill9_and_a_paused_leader() {
     set_members(&urls, &grid, &[1, 2, 3, a, b]);
 
     // kill -9 of an initial member (source of moves, maybe the metadata leader) mid-move.
-    wait_for(Duration::from_secs(60), "moves in progress", || {
-        let grid = &grid;
-        async move {
-            grid.cluster(2)
-                .await
-                .is_ok_and(|v| v["balance"]["moves_in_progress"].as_u64() > Some(0))
-        }
-    })
-    .await
-    .expect("moves start");
+    wait_moves_in_progress(&grid).await;
     grid.kill9(1);
     wait_writes(&w, 50, "writes while member 1 is down").await;
     grid.spawn(1);
     // And kill -9 of a move target.
-    wait_for(Duration::from_secs(60), "moves in progress", || {
-        let grid = &grid;
-        async move {
-            grid.cluster(2)
-                .await
-                .is_ok_and(|v| v["balance"]["moves_in_progress"].as_u64() > Some(0))
-        }
-    })
-    .await
-    .expect("moves go on");
+    wait_moves_in_progress(&grid).await;
     grid.kill9(a);
     wait_writes(&w, 50, "writes while a new member is down").await;
     grid.spawn(a);
@@ -368,16 +361,7 @@ async fn a_partitioned_member_serves_nothing_stale_and_rejoins() {
     let a = grid.add_member();
     grid.wait_ready(Duration::from_secs(60)).await;
     set_members(&urls, &grid, &[1, 2, 3, a]);
-    wait_for(Duration::from_secs(60), "moves in progress", || {
-        let grid = &grid;
-        async move {
-            grid.cluster(2)
-                .await
-                .is_ok_and(|v| v["balance"]["moves_in_progress"].as_u64() > Some(0))
-        }
-    })
-    .await
-    .expect("moves start");
+    wait_moves_in_progress(&grid).await;
 
     grid.net.as_ref().expect("faults").isolate(1);
     wait_for(

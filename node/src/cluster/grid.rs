@@ -313,22 +313,13 @@ impl Grid {
         }
         let mut last = String::from("no member to ask");
         for addr in addrs {
-            let req = PeerRequest::Meta {
-                call: call.clone(),
-                forwarded: false,
-            };
-            match self
-                .transport
-                .call(&addr, Lane::Control, req, META_CALL_TIMEOUT)
-                .await
-            {
-                Ok(PeerResponse::Meta(Ok(reply))) => return Ok(reply),
-                Ok(PeerResponse::Meta(Err(
-                    e @ (WireError::Other(_) | WireError::Refused { .. }),
-                ))) => return Err(e.into_error(GroupId::Meta)),
-                Ok(PeerResponse::Meta(Err(e))) => last = format!("{addr}: {e:?}"),
-                Ok(other) => last = format!("{addr} answered {other:?}"),
-                Err(e) => last = format!("{addr}: {e}"),
+            match self.send_meta(&addr, call.clone(), false).await {
+                Ok(Ok(reply)) => return Ok(reply),
+                Ok(Err(e @ (WireError::Other(_) | WireError::Refused { .. }))) => {
+                    return Err(e.into_error(GroupId::Meta))
+                }
+                Ok(Err(e)) => last = format!("{addr}: {e:?}"),
+                Err(message) => last = message,
             }
         }
         Err(Error::Unavailable {
@@ -395,21 +386,31 @@ impl Grid {
                 leader,
             });
         };
-        let req = PeerRequest::Meta {
-            call,
-            forwarded: true,
-        };
+        match self.send_meta(&addr, call, true).await {
+            Ok(reply) => reply.map_err(|e| e.into_error(GroupId::Meta)),
+            Err(message) => Err(Error::Unavailable {
+                group: GroupId::Meta,
+                message,
+            }),
+        }
+    }
+
+    /// Sends `call` to the member at `addr`: its answer, or why there was none.
+    async fn send_meta(
+        &self,
+        addr: &str,
+        call: MetaCall,
+        forwarded: bool,
+    ) -> std::result::Result<std::result::Result<MetaReply, WireError>, String> {
+        let req = PeerRequest::Meta { call, forwarded };
         match self
             .transport
-            .call(&addr, Lane::Control, req, META_CALL_TIMEOUT)
+            .call(addr, Lane::Control, req, META_CALL_TIMEOUT)
             .await
         {
-            Ok(PeerResponse::Meta(r)) => r.map_err(|e| e.into_error(GroupId::Meta)),
-            Ok(other) => Err(Error::Internal(format!("{addr} answered {other:?}"))),
-            Err(e) => Err(Error::Unavailable {
-                group: GroupId::Meta,
-                message: format!("{addr}: {e}"),
-            }),
+            Ok(PeerResponse::Meta(reply)) => Ok(reply),
+            Ok(other) => Err(format!("{addr} answered {other:?}")),
+            Err(e) => Err(format!("{addr}: {e}")),
         }
     }
 

@@ -202,15 +202,18 @@ fn decide(grid: &Grid, meta: &MetaState, g: &Group, p: u32) -> Option<Action> {
     None
 }
 
+/// The last log index this leader knows `id` holds.
+fn matched(m: &RaftMetrics, id: NodeId) -> Option<u64> {
+    m.replication
+        .as_ref()
+        .and_then(|r| r.get(&id).cloned().flatten())
+        .map(|l| l.index)
+}
+
 /// Entries `id` is behind this leader (everything, when unknown).
 fn lag(m: &RaftMetrics, id: NodeId) -> u64 {
     let last = m.last_log_index.unwrap_or(0);
-    let matched = m
-        .replication
-        .as_ref()
-        .and_then(|r| r.get(&id).cloned().flatten())
-        .map(|l| l.index);
-    matched.map_or(u64::MAX, |i| last.saturating_sub(i))
+    matched(m, id).map_or(u64::MAX, |i| last.saturating_sub(i))
 }
 
 /// Whether the group's effective membership is committed (applied here).
@@ -274,15 +277,9 @@ async fn reconfigure(grid: &Grid, g: &Group, p: u32) -> Result<(), String> {
         if m.state != openraft::ServerState::Leader {
             return Err("lost leadership".into());
         }
-        let matched = |id: &NodeId| {
-            m.replication
-                .as_ref()
-                .and_then(|r| r.get(id).cloned().flatten())
-                .map_or(0, |l| l.index)
-        };
         let lag = new
             .iter()
-            .map(|id| target.saturating_sub(matched(id)))
+            .map(|id| target.saturating_sub(matched(&m, *id).unwrap_or(0)))
             .max()
             .unwrap_or(0);
         progress(grid, p, "catching_up", lag);
@@ -361,12 +358,7 @@ async fn handoff(grid: &Grid, g: &Group, p: u32, to: NodeId) -> Result<(), Strin
             if m.state != openraft::ServerState::Leader {
                 return Ok(());
             }
-            let matched = m
-                .replication
-                .as_ref()
-                .and_then(|r| r.get(&to).cloned().flatten())
-                .map(|l| l.index);
-            if matched.is_some() && matched == m.last_log_index {
+            if lag(&m, to) == 0 {
                 break;
             }
             if Instant::now() > deadline {
