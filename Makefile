@@ -5,7 +5,7 @@ DATA_DIR ?= .devicegrid
 BASE_PORT ?= 7001
 NODES ?= 3
 
-.PHONY: run test lint fmt toolchain build release bench bench-compare bench-rebalance clean lincheck crds k8s-tools
+.PHONY: run test lint fmt toolchain build release bench bench-compare bench-rebalance clean lincheck crds charts k8s-tools
 
 ## run: build and start a local 3-member grid on 127.0.0.1:7001-7003 (data in ./.devicegrid)
 run: release
@@ -21,15 +21,22 @@ lincheck:
 	scripts/lincheck-bin.sh >/dev/null
 	cd tools/lincheck && c=$${DEVICEGRID_CACHE:-$(CURDIR)/.cache} && GOMODCACHE=$$c/go/mod GOCACHE=$$c/go/build GOTOOLCHAIN=local CGO_ENABLED=0 GOFLAGS=-mod=readonly go test ./...
 
-## k8s-tools: etcd and kube-apiserver for the operator tests, built once from their Go modules
-## into .cache (cold: about 5 minutes on 2 cores)
+## k8s-tools: etcd, kube-apiserver and helm for the operator tests, built once from their Go
+## modules into .cache (cold: about 7 minutes on 2 cores)
 k8s-tools:
 	scripts/etcd-bin.sh >/dev/null
 	scripts/k8s-bin.sh kube-apiserver >/dev/null
+	scripts/helm-bin.sh >/dev/null
 
-## crds: regenerate crds/ from the operator's Rust types (a test fails when it is stale)
+## crds: regenerate crds/ and the chart's copy from the operator's Rust types (a test fails
+## when either is stale)
 crds:
 	$(CARGO) run -q -p devicegrid-operator -- crd > crds/devicegrid.io_devicegrids.yaml
+	cp crds/devicegrid.io_devicegrids.yaml charts/devicegrid-operator/crds/
+
+## charts: lint the operator chart and re-render charts/rendered (a test fails when stale)
+charts:
+	scripts/render-charts.sh charts/rendered
 
 lint: toolchain
 	$(CARGO) fmt --all -- --check

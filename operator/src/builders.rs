@@ -423,4 +423,34 @@ mod tests {
             "app.kubernetes.io/name=devicegrid,devicegrid.io/grid=fleet"
         );
     }
+
+    /// The member configuration the operator writes is read and accepted by the member's own
+    /// `Config` (as `devicegrid serve --config` does), for the sample grids under examples/.
+    #[test]
+    fn examples_give_member_configs_the_member_accepts() {
+        let examples = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples");
+        let mut seen = 0;
+        for entry in std::fs::read_dir(examples).expect("examples/") {
+            let path = entry.expect("entry").path();
+            let text = std::fs::read_to_string(&path).expect("example");
+            let mut dg: DeviceGrid = serde_yaml::from_str(&text).expect("a DeviceGrid");
+            dg.metadata.namespace = Some("iot".into());
+            dg.metadata.uid = Some("0b6f2c1e-1111-2222-3333-444455556666".into());
+            let names = Names::of(&dg).expect("names");
+            let yaml = config_yaml(&dg, &names);
+            let mut config: devicegrid::config::Config =
+                serde_yaml::from_str(&yaml).unwrap_or_else(|e| panic!("{path:?}: {e}\n{yaml}"));
+            config.node_id = 1; // from --pod-index at start
+            config
+                .validate()
+                .unwrap_or_else(|e| panic!("{path:?}: {e}\n{yaml}"));
+            assert_eq!(
+                config.replication_factor,
+                u32::try_from(dg.spec.backup_count + 1).expect("rf")
+            );
+            stateful_set(&dg, &names, dg.spec.replicas).expect("sts");
+            seen += 1;
+        }
+        assert!(seen >= 2, "examples/ has {seen} grids");
+    }
 }

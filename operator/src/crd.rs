@@ -185,7 +185,7 @@ pub struct DeviceGridStatus {
     /// The spec generation this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
-    /// `Pending`, `Running`, `Scaling`, `Rebalancing`, `Degraded` or `Failed`.
+    /// `Pending`, `Running`, `Scaling`, `Upgrading`, `Rebalancing` or `Degraded`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phase: Option<String>,
     /// Members the StatefulSet runs (for the scale subresource).
@@ -312,17 +312,19 @@ mod tests {
     }
 
     #[test]
-    fn crds_dir_is_current() {
-        let path = concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../crds/devicegrid.io_devicegrids.yaml"
-        );
-        let committed = std::fs::read_to_string(path).unwrap_or_default();
+    fn crds_dir_and_the_charts_copy_are_current() {
         let generated = crd_yaml().expect("crd yaml");
-        assert!(
-            committed == generated,
-            "crds/devicegrid.io_devicegrids.yaml is stale: run `make crds` and commit it"
-        );
+        for file in [
+            "crds/devicegrid.io_devicegrids.yaml",
+            "charts/devicegrid-operator/crds/devicegrid.io_devicegrids.yaml",
+        ] {
+            let path = format!("{}/../{file}", env!("CARGO_MANIFEST_DIR"));
+            let committed = std::fs::read_to_string(path).unwrap_or_default();
+            assert!(
+                committed == generated,
+                "{file} is stale: run `make crds` and commit it"
+            );
+        }
     }
 
     #[test]

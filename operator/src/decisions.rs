@@ -100,20 +100,24 @@ pub struct PodState {
     pub ordinal: i32,
     /// Its `controller-revision-hash` label.
     pub revision: String,
-    /// Whether it is ready.
+    /// Whether it is ready (and not being deleted).
     pub ready: bool,
 }
 
-/// The pod to delete next in a roll to `update_revision`, if any: only when every pod is
-/// ready and the grid reports no under-replicated partition; highest ordinal first.
+/// The pod to delete next in a roll to `update_revision`, if any: only when the StatefulSet
+/// has all its `replicas` pods, every one ready, and the grid reports no under-replicated
+/// partition; highest ordinal first. A pod deleted by the previous step is missing or not
+/// ready until its replacement has rejoined, so this waits for it.
 pub fn next_pod_to_roll(
     pods: &[PodState],
+    replicas: i32,
     update_revision: &str,
     under_replicated: Option<u64>,
 ) -> Option<i32> {
     let outdated = pods.iter().filter(|p| p.revision != update_revision);
     let next = outdated.map(|p| p.ordinal).max()?;
-    let settled = pods.iter().all(|p| p.ready) && under_replicated == Some(0);
+    let complete = (0..replicas).all(|o| pods.iter().any(|p| p.ordinal == o));
+    let settled = complete && pods.iter().all(|p| p.ready) && under_replicated == Some(0);
     settled.then_some(next)
 }
 
@@ -205,26 +209,32 @@ mod tests {
     #[test]
     fn rolls_one_pod_at_a_time_while_fully_replicated() {
         let pods = vec![pod(0, "a", true), pod(1, "a", true), pod(2, "a", true)];
-        assert_eq!(next_pod_to_roll(&pods, "b", Some(0)), Some(2));
+        assert_eq!(next_pod_to_roll(&pods, 3, "b", Some(0)), Some(2));
         assert_eq!(
-            next_pod_to_roll(&pods, "b", Some(4)),
+            next_pod_to_roll(&pods, 3, "b", Some(4)),
             None,
             "wait for replication"
         );
         assert_eq!(
-            next_pod_to_roll(&pods, "b", None),
+            next_pod_to_roll(&pods, 3, "b", None),
             None,
             "grid not reachable"
         );
         let rolling = vec![pod(0, "a", true), pod(1, "a", true), pod(2, "b", false)];
         assert_eq!(
-            next_pod_to_roll(&rolling, "b", Some(0)),
+            next_pod_to_roll(&rolling, 3, "b", Some(0)),
             None,
             "a pod is not ready"
         );
         let next = vec![pod(0, "a", true), pod(1, "a", true), pod(2, "b", true)];
-        assert_eq!(next_pod_to_roll(&next, "b", Some(0)), Some(1));
+        assert_eq!(next_pod_to_roll(&next, 3, "b", Some(0)), Some(1));
+        let replaced = vec![pod(0, "a", true), pod(1, "a", true)];
+        assert_eq!(
+            next_pod_to_roll(&replaced, 3, "b", Some(0)),
+            None,
+            "the deleted pod is not back yet"
+        );
         let done = vec![pod(0, "b", true), pod(1, "b", true), pod(2, "b", true)];
-        assert_eq!(next_pod_to_roll(&done, "b", Some(0)), None);
+        assert_eq!(next_pod_to_roll(&done, 3, "b", Some(0)), None);
     }
 }

@@ -8,16 +8,19 @@
 //! - [`builders`]: the objects a grid owns, built from its spec (pure functions)
 //! - [`decisions`]: scale-up, drain-before-shrink scale-down and one-pod-at-a-time rolls
 //!   (pure functions of what the reconciler observed)
-//!
 //! - [`reconciler`]: the kube-rs controller: applies children, scales through the grid's
-//!   drain API, rolls pods, writes status and events
+//!   drain API, rolls pods, writes status and events; retries failures with backoff
+//! - [`leader`]: Lease-based leader election, so only one operator replica reconciles
+//! - [`metrics`]: reconcile counters, durations and errors by kind; `/metrics`, `/healthz`
 //!
-//! The Helm chart and the operator's leader election arrive with the rest of the operator
-//! issue.
+//! The binary (`src/main.rs`) parses flags, then runs the metrics endpoint and, while it
+//! leads, the controllers. The Helm chart is `charts/devicegrid-operator`.
 
 pub mod builders;
 pub mod crd;
 pub mod decisions;
+pub mod leader;
+pub mod metrics;
 pub mod reconciler;
 
 /// Errors of the operator library.

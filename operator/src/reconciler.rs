@@ -7,10 +7,12 @@
 //! highest member through the grid and shrink only once it is decommissioned; (d) rolls one
 //! outdated pod when the grid is fully replicated; (e) writes the status and publishes an
 //! Event when the phase changes. Passes are level-triggered and idempotent; a pass that
-//! changed something is followed by another a few seconds later.
+//! changed something is followed by another a few seconds later; a failed pass is retried
+//! with a per-grid exponential backoff (5 s doubling to 5 min).
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::StatefulSet;
@@ -18,16 +20,18 @@ use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service, ServiceAccount};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
-use kube::runtime::controller::{Action, Controller};
+use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
 
 use crate::builders::{self, Names};
 use crate::crd::{DeviceGrid, DeviceGridStatus, MemberStatus, PartitionStatus};
 use crate::decisions::{self, GridMember, PodState, ScaleStep};
+use crate::metrics::Metrics;
 
 /// The field manager of everything the operator applies.
 pub const MANAGER: &str = "devicegrid-operator";
@@ -181,41 +185,87 @@ pub struct Context {
     pub recorder: Recorder,
     /// A drain without progress for this long is reported stalled.
     pub stall_after: Duration,
+    /// Reconcile counters and durations.
+    pub metrics: Arc<Metrics>,
+    /// Consecutive failed passes per grid (`namespace/name`), for the retry backoff.
+    failures: Mutex<HashMap<String, u32>>,
 }
 
 impl Context {
     /// A context for `client`.
-    pub fn new(client: Client, grid: GridApi, stall_after: Duration) -> Arc<Self> {
+    pub fn new(
+        client: Client,
+        grid: GridApi,
+        stall_after: Duration,
+        metrics: Arc<Metrics>,
+    ) -> Arc<Self> {
         let recorder = Recorder::new(client.clone(), Reporter::from(MANAGER));
         Arc::new(Context {
             client,
             grid,
             recorder,
             stall_after,
+            metrics,
+            failures: Mutex::default(),
         })
+    }
+
+    /// Records the outcome of a pass over `key`; returns the consecutive failures so far.
+    fn record(&self, key: String, failed: bool) -> u32 {
+        let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        if failed {
+            let n = failures.entry(key).or_insert(0);
+            *n = n.saturating_add(1);
+            *n
+        } else {
+            failures.remove(&key);
+            0
+        }
     }
 }
 
-/// Runs the controller over grids in `namespace` (all when `None`) until the stream ends.
-pub async fn run(ctx: Arc<Context>, namespace: Option<String>) {
-    let client = ctx.client.clone();
-    let grids: Api<DeviceGrid> = match &namespace {
-        Some(ns) => Api::namespaced(client.clone(), ns),
-        None => Api::all(client.clone()),
+/// Retry delay after `failures` consecutive failed passes: 5 s doubling up to 5 minutes.
+pub fn backoff(failures: u32) -> Duration {
+    let exp = failures.saturating_sub(1).min(6);
+    Duration::from_secs((5u64 << exp).min(300))
+}
+
+/// Runs one controller per namespace in `namespaces` (one over all namespaces when empty)
+/// until `shutdown` is cancelled; passes in flight finish first.
+pub async fn run(ctx: Arc<Context>, namespaces: Vec<String>, shutdown: CancellationToken) {
+    let scopes: Vec<Option<String>> = if namespaces.is_empty() {
+        vec![None]
+    } else {
+        namespaces.into_iter().map(Some).collect()
     };
-    let owned = |_: ()| watcher::Config::default().labels(builders::GRID_LABEL);
-    Controller::new(grids, watcher::Config::default())
-        .owns(scoped::<StatefulSet>(&client, &namespace), owned(()))
-        .owns(scoped::<Service>(&client, &namespace), owned(()))
-        .owns(scoped::<ConfigMap>(&client, &namespace), owned(()))
-        .shutdown_on_signal()
-        .run(reconcile, error_policy, ctx)
-        .for_each(|r| async move {
-            if let Err(e) = r {
-                tracing::debug!(error = %e, "reconcile");
-            }
-        })
-        .await;
+    let controllers = scopes
+        .into_iter()
+        .map(|ns| run_scope(ctx.clone(), ns, shutdown.clone()));
+    futures::future::join_all(controllers).await;
+}
+
+async fn run_scope(ctx: Arc<Context>, namespace: Option<String>, shutdown: CancellationToken) {
+    let client = ctx.client.clone();
+    let owned = || watcher::Config::default().labels(builders::GRID_LABEL);
+    // Status writes, Events and child updates arrive as watch events; the debounce folds a
+    // burst of them into one pass.
+    let config = ControllerConfig::default().debounce(Duration::from_secs(1));
+    Controller::new(
+        scoped::<DeviceGrid>(&client, &namespace),
+        watcher::Config::default(),
+    )
+    .with_config(config)
+    .owns(scoped::<StatefulSet>(&client, &namespace), owned())
+    .owns(scoped::<Service>(&client, &namespace), owned())
+    .owns(scoped::<ConfigMap>(&client, &namespace), owned())
+    .graceful_shutdown_on(shutdown.cancelled_owned())
+    .run(measured, error_policy, ctx)
+    .for_each(|r| async move {
+        if let Err(e) = r {
+            tracing::debug!(error = %e, "controller");
+        }
+    })
+    .await;
 }
 
 fn scoped<K>(client: &Client, namespace: &Option<String>) -> Api<K>
@@ -231,9 +281,29 @@ where
     }
 }
 
-fn error_policy(_dg: Arc<DeviceGrid>, e: &Error, _ctx: Arc<Context>) -> Action {
-    tracing::warn!(error = %e, kind = e.metric_label(), "reconcile failed");
-    Action::requeue(Duration::from_secs(10))
+fn key(dg: &DeviceGrid) -> String {
+    format!("{}/{}", dg.namespace().unwrap_or_default(), dg.name_any())
+}
+
+/// [`reconcile`] with its duration and outcome recorded.
+async fn measured(dg: Arc<DeviceGrid>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let started = Instant::now();
+    let result = reconcile(dg.clone(), ctx.clone()).await;
+    let kind = result.as_ref().err().map(Error::metric_label);
+    ctx.metrics.reconciled(started.elapsed(), kind);
+    ctx.record(key(&dg), result.is_err());
+    result
+}
+
+fn error_policy(dg: Arc<DeviceGrid>, e: &Error, ctx: Arc<Context>) -> Action {
+    let failures = ctx
+        .failures
+        .lock()
+        .map(|f| f.get(&key(&dg)).copied().unwrap_or(1))
+        .unwrap_or(1);
+    let retry = backoff(failures);
+    tracing::warn!(grid = %key(&dg), error = %e, kind = e.metric_label(), ?retry, "reconcile failed");
+    Action::requeue(retry)
 }
 
 async fn apply<K>(client: &Client, ns: &str, obj: &K) -> Result<K, Error>
@@ -341,37 +411,34 @@ pub async fn reconcile(dg: Arc<DeviceGrid>, ctx: Arc<Context>) -> Result<Action,
         view.as_ref(),
         &step,
         refused,
-        rolled,
+        &rolled,
         &old_status,
     );
-    let phase_changed = status.phase != old_status.phase;
     let grids: Api<DeviceGrid> = Api::namespaced(client.clone(), &ns);
     let patch = serde_json::json!({ "status": status });
     grids
         .patch_status(&names.grid, &PatchParams::default(), &Patch::Merge(&patch))
         .await?;
-    if phase_changed {
-        let warning = matches!(status.phase.as_deref(), Some("Degraded"));
+    let (old_reason, new) = (headline(&old_status).1, headline(&status));
+    if new.1 != old_reason {
         let event = Event {
-            type_: if warning {
+            type_: if new.0 {
                 EventType::Warning
             } else {
                 EventType::Normal
             },
-            reason: status.phase.clone().unwrap_or_default(),
-            note: status
-                .conditions
-                .iter()
-                .find(|c| c.type_ == if warning { "Degraded" } else { "Progressing" })
-                .map(|c| c.message.clone()),
+            reason: new.1,
+            note: Some(new.2),
             action: "Reconcile".into(),
             secondary: None,
         };
         if let Err(e) = ctx.recorder.publish(&event, &dg.object_ref(&())).await {
-            tracing::debug!(error = %e, "event not published");
+            tracing::warn!(error = %e, "event not published");
         }
     }
-    let settled = matches!(step, ScaleStep::Steady) && status.phase.as_deref() == Some("Running");
+    let settled = matches!(step, ScaleStep::Steady)
+        && rolled.outdated == 0
+        && status.phase.as_deref() == Some("Running");
     Ok(Action::requeue(Duration::from_secs(if settled {
         30
     } else {
@@ -379,15 +446,46 @@ pub async fn reconcile(dg: Arc<DeviceGrid>, ctx: Arc<Context>) -> Result<Action,
     })))
 }
 
-/// Deletes the next outdated pod of a roll, if it is its turn; returns whether one was.
+/// What a grid's status is about, for Events: (warning, reason, message) of the Degraded
+/// condition when it holds, else of Progressing when it holds, else the phase. An Event is
+/// published when the reason changes (kube's recorder folds repeats of a reason into a series,
+/// so each cause gets a reason of its own).
+fn headline(status: &DeviceGridStatus) -> (bool, String, String) {
+    let holds = |t: &str| {
+        status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == t && c.status == "True")
+    };
+    if let Some(c) = holds("Degraded") {
+        (true, c.reason.clone(), c.message.clone())
+    } else if let Some(c) = holds("Progressing") {
+        (false, c.reason.clone(), c.message.clone())
+    } else {
+        let phase = status.phase.clone().unwrap_or_default();
+        let available = holds("Available").map(|c| c.message.clone());
+        (false, phase, available.unwrap_or_default())
+    }
+}
+
+/// Where a roll stands after a pass.
+#[derive(Debug, Default)]
+struct Roll {
+    /// Pods not on the StatefulSet's update revision.
+    outdated: usize,
+    /// The ordinal whose pod this pass deleted.
+    replaced: Option<i32>,
+}
+
+/// Deletes the next outdated pod of a roll, if it is its turn.
 async fn roll(
     client: &Client,
     names: &Names,
     sts: &StatefulSet,
     view: Option<&ClusterView>,
-) -> Result<bool, Error> {
+) -> Result<Roll, Error> {
     let Some(update) = sts.status.as_ref().and_then(|s| s.update_revision.clone()) else {
-        return Ok(false);
+        return Ok(Roll::default());
     };
     let pods: Api<Pod> = Api::namespaced(client.clone(), &names.namespace);
     let selector = builders::selector_string(names);
@@ -399,11 +497,11 @@ async fn roll(
             let name = p.name_any();
             let ordinal = name.rsplit_once('-')?.1.parse().ok()?;
             let revision = p.labels().get("controller-revision-hash")?.clone();
-            let ready = p
-                .status
-                .as_ref()
-                .and_then(|s| s.conditions.as_ref())
-                .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+            let ready = p.metadata.deletion_timestamp.is_none()
+                && p.status
+                    .as_ref()
+                    .and_then(|s| s.conditions.as_ref())
+                    .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
             Some(PodState {
                 ordinal,
                 revision,
@@ -412,13 +510,41 @@ async fn roll(
         })
         .collect();
     let under = view.map(|v| v.partitions.under_replicated);
-    let Some(ordinal) = decisions::next_pod_to_roll(&states, &update, under) else {
-        return Ok(false);
+    let replicas = sts.spec.as_ref().and_then(|s| s.replicas).unwrap_or(0);
+    let outdated = states.iter().filter(|p| p.revision != update).count();
+    let Some(ordinal) = decisions::next_pod_to_roll(&states, replicas, &update, under) else {
+        return Ok(Roll {
+            outdated,
+            replaced: None,
+        });
     };
     let name = format!("{}-{ordinal}", names.main());
+    // Delete exactly the pod that was judged outdated, not a replacement created since.
+    let uid = list
+        .items
+        .iter()
+        .find(|p| p.name_any() == name)
+        .and_then(|p| p.uid());
+    let params = DeleteParams {
+        preconditions: uid.map(|uid| kube::api::Preconditions {
+            uid: Some(uid),
+            resource_version: None,
+        }),
+        ..DeleteParams::default()
+    };
     tracing::info!(pod = %name, "replacing a pod with the new revision");
-    pods.delete(&name, &DeleteParams::default()).await?;
-    Ok(true)
+    match pods.delete(&name, &params).await {
+        Ok(_) => Ok(Roll {
+            outdated,
+            replaced: Some(ordinal),
+        }),
+        // Gone already, or replaced since the list: the next pass looks again.
+        Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => Ok(Roll {
+            outdated,
+            replaced: None,
+        }),
+        Err(e) => Err(e.into()),
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -429,7 +555,7 @@ fn status_of(
     view: Option<&ClusterView>,
     step: &ScaleStep,
     refused: Option<String>,
-    rolled: bool,
+    rolled: &Roll,
     old: &DeviceGridStatus,
 ) -> DeviceGridStatus {
     let s = sts.status.as_ref();
@@ -439,9 +565,21 @@ fn status_of(
     let leaderless = view.map(|v| v.partitions.without_leader);
     let rebalancing = view.is_some_and(|v| !v.balance.balanced);
     let (progressing, reason, message) = match step {
-        ScaleStep::Steady if rolled => {
-            (true, "Rolling", "replacing pods one at a time".to_string())
-        }
+        ScaleStep::Steady if rolled.outdated > 0 => (
+            true,
+            "Rolling",
+            match rolled.replaced {
+                Some(o) => format!(
+                    "replacing pod {}-{o}; {} pods on the old revision",
+                    names.main(),
+                    rolled.outdated
+                ),
+                None => format!(
+                    "{} pods on the old revision; the next is replaced once every pod is ready and every partition fully replicated",
+                    rolled.outdated
+                ),
+            },
+        ),
         ScaleStep::Steady => (
             false,
             "Steady",
@@ -527,6 +665,8 @@ fn status_of(
         "Degraded"
     } else if ready == 0 {
         "Pending"
+    } else if progressing && reason == "Rolling" {
+        "Upgrading"
     } else if progressing {
         "Scaling"
     } else if rebalancing {
