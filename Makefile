@@ -5,16 +5,21 @@ DATA_DIR ?= .devicegrid
 BASE_PORT ?= 7001
 NODES ?= 3
 
-.PHONY: run test lint fmt toolchain build release bench bench-compare bench-rebalance clean lincheck crds charts k8s-tools
+.PHONY: run test lint fmt toolchain build release bench bench-compare bench-rebalance clean lincheck crds charts k8s-tools images e2e e2e-kind cluster-build cluster-up cluster-down
 
 ## run: build and start a local 3-member grid on 127.0.0.1:7001-7003 (data in ./.devicegrid)
 run: release
 	./target/release/devicegrid dev --nodes $(NODES) --data-dir $(DATA_DIR) --base-port $(BASE_PORT)
 
-## test: formatting, lints and every test (unit, storage suite, multi-process cluster tests)
-test: toolchain lint lincheck k8s-tools
-	$(CARGO) test --workspace --all-targets
-	$(CARGO) test --workspace --doc
+## test: formatting, lints and every test: unit, storage suite, multi-process cluster tests,
+## operator tests against a real API server, and the end-to-end suite on a local Kubernetes
+## (each stage prints its duration)
+test: toolchain
+	@scripts/stage.sh lint $(MAKE) --no-print-directory lint
+	@scripts/stage.sh tools $(MAKE) --no-print-directory lincheck k8s-tools cluster-build
+	@scripts/stage.sh "cargo tests" $(CARGO) test --workspace --all-targets --exclude devicegrid-e2e
+	@scripts/stage.sh "doc tests" $(CARGO) test --workspace --doc
+	@scripts/stage.sh e2e e2e/run.sh local
 
 ## lincheck: build the linearizability checker (Go, porcupine) once into .cache and test it
 lincheck:
@@ -27,6 +32,36 @@ k8s-tools:
 	scripts/etcd-bin.sh >/dev/null
 	scripts/k8s-bin.sh kube-apiserver >/dev/null
 	scripts/helm-bin.sh >/dev/null
+
+## e2e: the end-to-end suite (e2e/tests) on a local single-node Kubernetes started from
+## binaries built here (containerd, no Docker; needs root), images built with buildah; the
+## cluster goes down afterwards (E2E_KEEP_CLUSTER=1 keeps it)
+e2e:
+	e2e/run.sh local
+
+## e2e-kind: the same suite on a kind cluster, images built with docker (needs Docker, kind)
+e2e-kind:
+	e2e/run.sh kind
+
+## cluster-up, cluster-down: the local cluster alone (KUBECONFIG: e2e/cluster/cluster.sh env);
+## cluster-build: its Debian packages, binaries and images only (cached; cold: 10-20 minutes)
+cluster-build:
+	e2e/cluster/cluster.sh build
+
+cluster-up:
+	e2e/cluster/cluster.sh up
+
+cluster-down:
+	e2e/cluster/cluster.sh down
+
+## images: devicegrid/node and devicegrid/operator from their Dockerfiles, with Docker
+VERSION := $(shell awk -F'"' '/^\[workspace.package\]/{p=1} p && /^version/{print $$2; exit}' Cargo.toml)
+images:
+	$(CARGO) build --release -p devicegrid-node -p devicegrid-operator
+	scripts/image-context.sh node target/images/node
+	scripts/image-context.sh operator target/images/operator
+	docker build -t devicegrid/node:$(VERSION) target/images/node
+	docker build -t devicegrid/operator:$(VERSION) target/images/operator
 
 ## crds: regenerate crds/ and the chart's copy from the operator's Rust types (a test fails
 ## when either is stale)

@@ -261,6 +261,11 @@ pub fn stateful_set(dg: &DeviceGrid, names: &Names, replicas: i32) -> Result<Sta
             { "name": "DEVICEGRID_LOG_FORMAT", "value": "json" },
         ],
         "ports": [{ "name": "api", "containerPort": PORT }],
+        "securityContext": {
+            "allowPrivilegeEscalation": false,
+            "readOnlyRootFilesystem": true,
+            "capabilities": { "drop": ["ALL"] },
+        },
         "readinessProbe": {
             "httpGet": { "path": "/readyz", "port": PORT },
             "periodSeconds": 5, "failureThreshold": 3,
@@ -281,6 +286,15 @@ pub fn stateful_set(dg: &DeviceGrid, names: &Names, replicas: i32) -> Result<Sta
     let mut pod_spec = json!({
         "serviceAccountName": names.main(),
         "terminationGracePeriodSeconds": 60,
+        // The image's unprivileged user; fsGroup makes the data volume writable for it.
+        "securityContext": {
+            "runAsNonRoot": true,
+            "runAsUser": 65532,
+            "runAsGroup": 65532,
+            "fsGroup": 65532,
+            "fsGroupChangePolicy": "OnRootMismatch",
+            "seccompProfile": { "type": "RuntimeDefault" },
+        },
         "topologySpreadConstraints": spread,
         "containers": [container],
         "volumes": [{ "name": "config", "configMap": { "name": names.config() } }],

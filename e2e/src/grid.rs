@@ -1,0 +1,243 @@
+//! The grid's HTTP API through its client Service.
+//!
+//! Requests go through the API server's service proxy
+//! (`/api/v1/namespaces/NS/services/NAME:7001/proxy/...`): the API server picks one of the
+//! Service's ready endpoints, as a client inside the cluster would get through kube-proxy,
+//! and the suite needs no route to pod IPs (true on kind as on the local cluster).
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context, Result};
+use devicegrid_operator::reconciler::ClusterView;
+use kube::Client;
+use serde_json::{json, Value};
+
+/// The map the suite writes devices to.
+pub const MAP: &str = "devices";
+
+/// A grid's API through its client Service.
+#[derive(Clone)]
+pub struct Grid {
+    client: Client,
+    base: String,
+}
+
+/// The outcome of one write in a batch.
+#[derive(Debug)]
+pub enum Written {
+    /// Acknowledged with this version.
+    Acked(u64),
+    /// Refused or failed; it may or may not have been applied.
+    Failed(String),
+}
+
+impl Grid {
+    /// The grid `name` in `namespace` (its client Service has the grid's name).
+    pub fn new(client: Client, namespace: &str, name: &str) -> Grid {
+        Grid {
+            client,
+            base: format!("/api/v1/namespaces/{namespace}/services/{name}:7001/proxy"),
+        }
+    }
+
+    async fn call(&self, method: &str, path: &str, body: Option<Value>) -> Result<Value> {
+        let uri = format!("{}{path}", self.base);
+        let body = body.map(|b| b.to_string().into_bytes()).unwrap_or_default();
+        let request = http::Request::builder()
+            .method(method)
+            .uri(&uri)
+            .header("content-type", "application/json")
+            .body(body)?;
+        let call = self.client.request_text(request);
+        let text = tokio::time::timeout(Duration::from_secs(30), call)
+            .await
+            .map_err(|_| anyhow!("{method} {path}: no answer within 30 s"))?
+            .with_context(|| format!("{method} {path}"))?;
+        serde_json::from_str(&text).with_context(|| format!("{method} {path}: {text}"))
+    }
+
+    /// `GET /v1/cluster`.
+    pub async fn cluster(&self) -> Result<ClusterView> {
+        Ok(serde_json::from_value(
+            self.call("GET", "/v1/cluster", None).await?,
+        )?)
+    }
+
+    /// `GET /v1/members/{id}`: the member's lifecycle state.
+    pub async fn member_state(&self, id: u64) -> Result<String> {
+        let v = self.call("GET", &format!("/v1/members/{id}"), None).await?;
+        v["state"]
+            .as_str()
+            .map(String::from)
+            .ok_or_else(|| anyhow!("member {id}: no state in {v}"))
+    }
+
+    /// Writes `entries` in one batch; one outcome per entry, in order.
+    pub async fn put_batch(&self, entries: &[(String, Value)]) -> Result<Vec<Written>> {
+        let body = json!({
+            "entries": entries.iter().map(|(k, v)| json!({ "key": k, "value": v })).collect::<Vec<_>>()
+        });
+        let v = self
+            .call("POST", &format!("/v1/batch/maps/{MAP}/put"), Some(body))
+            .await?;
+        let results = v["results"]
+            .as_array()
+            .ok_or_else(|| anyhow!("batch put: no results in {v}"))?;
+        if results.len() != entries.len() {
+            bail!(
+                "batch put: {} results for {} entries",
+                results.len(),
+                entries.len()
+            );
+        }
+        Ok(results
+            .iter()
+            .map(|r| match r["version"].as_u64() {
+                Some(version) => Written::Acked(version),
+                None => Written::Failed(r["error"].to_string()),
+            })
+            .collect())
+    }
+
+    /// Reads `keys` in batches of up to 1,000 (linearizable reads); absent keys are `None`.
+    pub async fn get_all(&self, keys: &[String]) -> Result<BTreeMap<String, Option<Value>>> {
+        let mut out = BTreeMap::new();
+        for chunk in keys.chunks(1000) {
+            let v = self
+                .call(
+                    "POST",
+                    &format!("/v1/batch/maps/{MAP}/get"),
+                    Some(json!({ "keys": chunk })),
+                )
+                .await?;
+            let entries = v["entries"]
+                .as_array()
+                .ok_or_else(|| anyhow!("batch get: no entries in {v}"))?;
+            for (key, e) in chunk.iter().zip(entries) {
+                if let Some(err) = e.get("error") {
+                    bail!("reading {key}: {err}");
+                }
+                let found = e["found"].as_bool().unwrap_or(false);
+                out.insert(key.clone(), found.then(|| e["value"].clone()));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Writes `keys` with `value_of(key)` in batches of 500; every write must be acknowledged.
+    pub async fn load(&self, keys: &[String], value_of: impl Fn(&str) -> Value) -> Result<()> {
+        for chunk in keys.chunks(500) {
+            let entries: Vec<(String, Value)> =
+                chunk.iter().map(|k| (k.clone(), value_of(k))).collect();
+            for ((key, _), w) in entries.iter().zip(self.put_batch(&entries).await?) {
+                if let Written::Failed(e) = w {
+                    bail!("writing {key}: {e}");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks that every key in `expected` reads back with exactly its value.
+    pub async fn verify(&self, expected: &BTreeMap<String, Value>) -> Result<()> {
+        let keys: Vec<String> = expected.keys().cloned().collect();
+        let got = self.get_all(&keys).await?;
+        let mut wrong = Vec::new();
+        for (key, want) in expected {
+            match got.get(key) {
+                Some(Some(v)) if v == want => {}
+                other => wrong.push(format!("{key}: want {want}, read {other:?}")),
+            }
+        }
+        if !wrong.is_empty() {
+            bail!(
+                "{} of {} acknowledged writes are missing or wrong, e.g.\n{}",
+                wrong.len(),
+                expected.len(),
+                wrong[..wrong.len().min(10)].join("\n")
+            );
+        }
+        Ok(())
+    }
+}
+
+/// A writer that keeps writing new keys while the cluster is disturbed, recording which
+/// writes were acknowledged (each key is written once, so an acknowledged key must read back
+/// with exactly its value afterwards).
+pub struct Writer {
+    stop: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<WriterLog>,
+}
+
+/// What a [`Writer`] did.
+#[derive(Debug, Default)]
+pub struct WriterLog {
+    /// Acknowledged writes.
+    pub acked: BTreeMap<String, Value>,
+    /// Writes that failed or whose outcome is unknown.
+    pub failed: u64,
+    /// A sample of the failures.
+    pub errors: Vec<String>,
+}
+
+impl Writer {
+    /// Starts writing batches of 20 keys `PREFIX-N` to `grid`.
+    pub fn start(grid: Grid, prefix: &str) -> Writer {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let prefix = prefix.to_string();
+        let task = tokio::spawn(async move {
+            let mut log = WriterLog::default();
+            let mut n = 0u64;
+            while !flag.load(Ordering::Acquire) {
+                let entries: Vec<(String, Value)> = (0..20)
+                    .map(|i| {
+                        let key = format!("{prefix}-{}", n + i);
+                        let value = json!({ "seq": n + i, "by": prefix });
+                        (key, value)
+                    })
+                    .collect();
+                n += 20;
+                match grid.put_batch(&entries).await {
+                    Ok(outcomes) => {
+                        for ((key, value), w) in entries.into_iter().zip(outcomes) {
+                            match w {
+                                Written::Acked(_) => {
+                                    log.acked.insert(key, value);
+                                }
+                                Written::Failed(e) => log.fail(e),
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        for _ in 0..entries.len() {
+                            log.fail(format!("{e:#}"));
+                        }
+                        // The Service may have no ready endpoint for a moment.
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                }
+            }
+            log
+        });
+        Writer { stop, task }
+    }
+
+    /// Stops the writer and returns its log.
+    pub async fn stop(self) -> Result<WriterLog> {
+        self.stop.store(true, Ordering::Release);
+        Ok(self.task.await?)
+    }
+}
+
+impl WriterLog {
+    fn fail(&mut self, e: String) {
+        self.failed += 1;
+        if self.errors.len() < 5 {
+            self.errors.push(e);
+        }
+    }
+}

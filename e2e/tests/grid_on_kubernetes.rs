@@ -1,0 +1,599 @@
+//! A grid's whole life on a real Kubernetes cluster, driven as a user would: `helm install`
+//! of the operator chart, `kubectl apply` of a DeviceGrid, `kubectl scale`, pod deletion and
+//! a kill -9 of a member process, scale-down, deletion. Every step has a deadline; a failure
+//! names the step and prints the grid, pods, volumes, events and log excerpts.
+//!
+//! Needs a cluster (KUBECONFIG) with a default StorageClass and the DeviceGrid images on its
+//! nodes: `make e2e` (local cluster) or `make e2e-kind`.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context, Result};
+use devicegrid_e2e::diag::Diag;
+use devicegrid_e2e::grid::{Grid, Writer, WriterLog};
+use devicegrid_e2e::settings::Settings;
+use devicegrid_e2e::tools::{helm, kubectl, kubectl_apply, on_node};
+use devicegrid_e2e::wait::{step, until};
+use devicegrid_operator::crd::DeviceGrid;
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Service};
+use kube::api::{Api, ListParams};
+use kube::{Client, ResourceExt};
+use serde_json::{json, Value};
+
+const NS: &str = "devicegrid-e2e";
+const OPERATOR_NS: &str = "devicegrid-system";
+const RELEASE: &str = "devicegrid-operator";
+const GRID: &str = "fleet";
+const DEVICES: usize = 10_000;
+
+fn minutes(n: u64) -> Duration {
+    Duration::from_secs(60 * n)
+}
+
+fn grid_yaml(s: &Settings, replicas: i32, backup_count: i32) -> String {
+    format!(
+        r#"apiVersion: devicegrid.io/v1alpha1
+kind: DeviceGrid
+metadata:
+  name: {GRID}
+  namespace: {NS}
+spec:
+  replicas: {replicas}
+  backupCount: {backup_count}
+  image: {image}
+  imagePullPolicy: IfNotPresent
+  storage:
+    size: 256Mi
+    whenScaled: Delete
+    whenDeleted: Retain
+  resources:
+    requests:
+      cpu: 100m
+      memory: 128Mi
+"#,
+        image = s.node_image
+    )
+}
+
+/// The grid's status as one line, for "last observed".
+fn summary(dg: &DeviceGrid) -> String {
+    let Some(s) = &dg.status else {
+        return "no status yet".into();
+    };
+    let conditions: Vec<String> = s
+        .conditions
+        .iter()
+        .map(|c| format!("{}={}({})", c.type_, c.status, c.reason))
+        .collect();
+    let members: Vec<String> = s
+        .members
+        .iter()
+        .map(|m| format!("{}:{}:{}", m.id, m.state, m.partitions_held))
+        .collect();
+    format!(
+        "phase {:?}, ready {}/{}, {}, members [{}], partitions {:?}",
+        s.phase,
+        s.ready_replicas,
+        s.replicas,
+        conditions.join(" "),
+        members.join(" "),
+        s.partitions
+    )
+}
+
+fn holds(dg: &DeviceGrid, type_: &str) -> bool {
+    dg.status.as_ref().is_some_and(|s| {
+        s.conditions
+            .iter()
+            .any(|c| c.type_ == type_ && c.status == "True")
+    })
+}
+
+/// Waits until the grid runs `n` ready, active members, balanced, nothing under-replicated:
+/// as the grid itself reports it now (`GET /v1/cluster`) and in the DeviceGrid's status.
+async fn settled(
+    diag: &Diag,
+    grids: &Api<DeviceGrid>,
+    grid: &Grid,
+    n: usize,
+    timeout: Duration,
+) -> Result<()> {
+    until(
+        diag,
+        timeout,
+        &format!("a settled grid of {n} members"),
+        || async {
+            let view = grid.cluster().await.map_err(|e| format!("grid: {e:#}"))?;
+            let active: Vec<_> = view
+                .members
+                .iter()
+                .filter(|m| m.state == "active")
+                .collect();
+            let grid_ok = active.len() == n
+                && active.iter().all(|m| m.ready && m.partitions_held > 0)
+                && view.balance.balanced
+                && view.partitions.under_replicated == 0
+                && view.partitions.without_leader == 0;
+            if !grid_ok {
+                return Err(format!(
+                    "grid: {} active of {} members, balanced {}, partitions {:?}",
+                    active.len(),
+                    view.members.len(),
+                    view.balance.balanced,
+                    view.partitions
+                ));
+            }
+            let dg = grids.get(GRID).await.map_err(|e| e.to_string())?;
+            let s = dg.status.clone().unwrap_or_default();
+            let active = s.members.iter().filter(|m| m.state == "active").count();
+            let spread = s
+                .members
+                .iter()
+                .all(|m| m.state != "active" || m.partitions_held > 0);
+            let healthy = s.partitions.as_ref().is_some_and(|p| {
+                p.under_replicated == 0 && p.without_leader == 0 && p.moves_in_progress == 0
+            });
+            let ok = s.phase.as_deref() == Some("Running")
+                && s.ready_replicas == n as i32
+                && active == n
+                && spread
+                && healthy
+                && holds(&dg, "Available")
+                && !holds(&dg, "Rebalancing")
+                && s.observed_generation == dg.metadata.generation;
+            if ok {
+                Ok(())
+            } else {
+                Err(summary(&dg))
+            }
+        },
+    )
+    .await
+}
+
+/// Waits until pod `name` is ready with more restarts than `restarts` (or a new uid).
+async fn back(diag: &Diag, pods: &Api<Pod>, name: &str, uid: &str, restarts: i32) -> Result<()> {
+    until(
+        diag,
+        minutes(5),
+        &format!("pod {name} back and ready"),
+        || async {
+            let pod = pods.get(name).await.map_err(|e| e.to_string())?;
+            let status = pod.status.clone().unwrap_or_default();
+            let ready = status
+                .conditions
+                .unwrap_or_default()
+                .iter()
+                .any(|c| c.type_ == "Ready" && c.status == "True");
+            let count = status
+                .container_statuses
+                .unwrap_or_default()
+                .iter()
+                .map(|c| c.restart_count)
+                .sum::<i32>();
+            let renewed = pod.uid().as_deref() != Some(uid) || count > restarts;
+            if ready && renewed {
+                Ok(())
+            } else {
+                Err(format!(
+                    "ready {ready}, restarts {count}, same pod {}",
+                    !renewed
+                ))
+            }
+        },
+    )
+    .await
+}
+
+fn check_writer(log: &WriterLog, what: &str) -> Result<()> {
+    eprintln!(
+        "e2e: writer during {what}: {} acknowledged, {} failed or unknown {:?}",
+        log.acked.len(),
+        log.failed,
+        log.errors
+    );
+    ensure!(
+        !log.acked.is_empty(),
+        "no write was acknowledged during {what}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grid_lifecycle_on_kubernetes() -> Result<()> {
+    let s = Settings::from_env()?;
+    let client = Client::try_default()
+        .await
+        .context("a Kubernetes client from KUBECONFIG")?;
+    let diag = Diag {
+        settings: s.clone(),
+        namespace: NS.into(),
+        operator_namespace: OPERATOR_NS.into(),
+    };
+    let started = Instant::now();
+
+    // A clean slate: what a previous, interrupted run left behind goes first.
+    let _ = kubectl(
+        &s,
+        &[
+            "delete",
+            "namespace",
+            NS,
+            "--ignore-not-found",
+            "--wait=true",
+            "--timeout=3m",
+        ],
+    )
+    .await;
+    let _ = helm(
+        &s,
+        &[
+            "uninstall",
+            RELEASE,
+            "-n",
+            OPERATOR_NS,
+            "--ignore-not-found",
+            "--wait",
+        ],
+    )
+    .await;
+
+    // The operator, from the chart.
+    let chart = s.repo.join("charts/devicegrid-operator");
+    let install = helm(
+        &s,
+        &[
+            "install",
+            RELEASE,
+            &chart.to_string_lossy(),
+            "-n",
+            OPERATOR_NS,
+            "--create-namespace",
+            "--set",
+            &format!("image.repository={}", s.operator_image.0),
+            "--set",
+            &format!("image.tag={}", s.operator_image.1),
+            "--set",
+            "image.pullPolicy=IfNotPresent",
+            "--set",
+            "logLevel=info,devicegrid_operator=debug,kube=warn",
+            "--wait",
+            "--timeout=3m",
+        ],
+    )
+    .await;
+    step(&diag, "helm install of the operator", install).await?;
+    kubectl(&s, &["create", "namespace", NS]).await?;
+
+    // An invalid grid is refused by the API server with the rule's message.
+    let refused = kubectl_apply(&s, &grid_yaml(&s, 3, 3)).await;
+    match refused {
+        Ok(out) => bail!("a grid with backupCount 3 on 3 replicas was accepted: {out}"),
+        Err(e) => ensure!(
+            e.to_string()
+                .contains("backupCount must be less than replicas"),
+            "unexpected refusal: {e}"
+        ),
+    }
+
+    // A 3-member grid comes up.
+    kubectl_apply(&s, &grid_yaml(&s, 3, 2)).await?;
+    let grids: Api<DeviceGrid> = Api::namespaced(client.clone(), NS);
+    let pods: Api<Pod> = Api::namespaced(client.clone(), NS);
+    let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), NS);
+    let grid = Grid::new(client.clone(), NS, GRID);
+    settled(&diag, &grids, &grid, 3, minutes(6)).await?;
+
+    // 10,000 devices through the client Service.
+    let keys: Vec<String> = (0..DEVICES).map(|i| format!("device-{i:05}")).collect();
+    let value_of = |k: &str| json!({ "id": k, "model": "t1000", "fw": "1.0" });
+    let loaded = grid.load(&keys, value_of).await;
+    step(&diag, "writing 10,000 devices", loaded).await?;
+    let devices: BTreeMap<String, Value> = keys.iter().map(|k| (k.clone(), value_of(k))).collect();
+    step(
+        &diag,
+        "reading the devices back",
+        grid.verify(&devices).await,
+    )
+    .await?;
+
+    // kubectl scale to 5: the new members receive replicas; data intact.
+    let writer = Writer::start(grid.clone(), "up");
+    kubectl(
+        &s,
+        &[
+            "scale",
+            "-n",
+            NS,
+            &format!("devicegrid/{GRID}"),
+            "--replicas=5",
+        ],
+    )
+    .await?;
+    let phases = Mutex::new(Vec::new());
+    until(&diag, minutes(2), "the grid to report the scale-up", || {
+        let (grids, phases) = (grids.clone(), &phases);
+        async move {
+            let dg = grids.get(GRID).await.map_err(|e| e.to_string())?;
+            let phase = dg
+                .status
+                .as_ref()
+                .and_then(|s| s.phase.clone())
+                .unwrap_or_default();
+            phases
+                .lock()
+                .map_err(|e| e.to_string())?
+                .push(phase.clone());
+            if matches!(phase.as_str(), "Scaling" | "Rebalancing") || holds(&dg, "Rebalancing") {
+                Ok(())
+            } else {
+                Err(summary(&dg))
+            }
+        }
+    })
+    .await?;
+    settled(&diag, &grids, &grid, 5, minutes(10)).await?;
+    let log = writer.stop().await?;
+    check_writer(&log, "the scale-up")?;
+    step(
+        &diag,
+        "devices after the scale-up",
+        grid.verify(&devices).await,
+    )
+    .await?;
+    step(
+        &diag,
+        "writes during the scale-up",
+        grid.verify(&log.acked).await,
+    )
+    .await?;
+
+    // A deleted pod comes back on its volume; no acknowledged write is lost.
+    let victim = format!("{GRID}-1");
+    let old = pods.get(&victim).await?;
+    let writer = Writer::start(grid.clone(), "delete");
+    kubectl(&s, &["delete", "pod", "-n", NS, &victim, "--wait=true"]).await?;
+    back(
+        &diag,
+        &pods,
+        &victim,
+        &old.uid().unwrap_or_default(),
+        i32::MAX,
+    )
+    .await?;
+    settled(&diag, &grids, &grid, 5, minutes(5)).await?;
+    let log = writer.stop().await?;
+    check_writer(&log, "the pod deletion")?;
+    step(
+        &diag,
+        "writes during the pod deletion",
+        grid.verify(&log.acked).await,
+    )
+    .await?;
+    step(
+        &diag,
+        "devices after the pod deletion",
+        grid.verify(&devices).await,
+    )
+    .await?;
+
+    // kill -9 of the member process inside a pod: the kubelet restarts the container.
+    let victim = format!("{GRID}-2");
+    let pod = pods.get(&victim).await?;
+    let status = pod.status.clone().unwrap_or_default();
+    let node = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.node_name.clone())
+        .context("the pod's node")?;
+    let container = status
+        .container_statuses
+        .clone()
+        .unwrap_or_default()
+        .first()
+        .and_then(|c| c.container_id.clone())
+        .context("the member container's id")?;
+    let id = container
+        .rsplit("://")
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    let restarts: i32 = status
+        .container_statuses
+        .unwrap_or_default()
+        .iter()
+        .map(|c| c.restart_count)
+        .sum();
+    let writer = Writer::start(grid.clone(), "kill");
+    let script = format!(
+        "pid=$({} inspect --output go-template --template '{{{{.info.pid}}}}' {id}) && kill -9 \"$pid\" && echo killed $pid",
+        s.crictl
+    );
+    let killed = on_node(&s, &node, &script).await;
+    eprintln!(
+        "e2e: {}",
+        step(&diag, "kill -9 of a member process", killed)
+            .await?
+            .trim()
+    );
+    back(
+        &diag,
+        &pods,
+        &victim,
+        &pod.uid().unwrap_or_default(),
+        restarts,
+    )
+    .await?;
+    settled(&diag, &grids, &grid, 5, minutes(5)).await?;
+    let log = writer.stop().await?;
+    check_writer(&log, "the kill -9")?;
+    step(
+        &diag,
+        "writes during the kill -9",
+        grid.verify(&log.acked).await,
+    )
+    .await?;
+
+    // kubectl scale to 3: members 5 and 4 are drained before their pods go.
+    let writer = Writer::start(grid.clone(), "down");
+    kubectl(
+        &s,
+        &[
+            "scale",
+            "-n",
+            NS,
+            &format!("devicegrid/{GRID}"),
+            "--replicas=3",
+        ],
+    )
+    .await?;
+    let gone = Mutex::new([false, false]);
+    until(
+        &diag,
+        minutes(15),
+        "pods fleet-3 and fleet-4 removed after their drains",
+        || {
+            let (pods, grid, gone_all) = (pods.clone(), grid.clone(), &gone);
+            async move {
+                let mut gone = *gone_all.lock().map_err(|e| e.to_string())?;
+                for (i, ordinal) in [3u64, 4].into_iter().enumerate() {
+                    if gone[i] {
+                        continue;
+                    }
+                    let name = format!("{GRID}-{ordinal}");
+                    let pod = pods.get_opt(&name).await.map_err(|e| e.to_string())?;
+                    let leaving = pod.is_none_or(|p| p.metadata.deletion_timestamp.is_some());
+                    if leaving {
+                        // Member states only move forward: it must be decommissioned by now.
+                        let state = grid
+                            .member_state(ordinal + 1)
+                            .await
+                            .map_err(|e| format!("{e:#}"))?;
+                        if state != "decommissioned" {
+                            return Ok(Err(format!(
+                                "pod {name} went while member {} was {state}",
+                                ordinal + 1
+                            )));
+                        }
+                        gone[i] = true;
+                    }
+                }
+                if let Ok(mut cell) = gone_all.lock() {
+                    *cell = gone;
+                }
+                if gone == [true, true] {
+                    Ok(Ok(()))
+                } else {
+                    Err(format!("removed so far: {gone:?}"))
+                }
+            }
+        },
+    )
+    .await?
+    .map_err(anyhow::Error::msg)?;
+    settled(&diag, &grids, &grid, 3, minutes(5)).await?;
+    let log = writer.stop().await?;
+    check_writer(&log, "the scale-down")?;
+    step(
+        &diag,
+        "writes during the scale-down",
+        grid.verify(&log.acked).await,
+    )
+    .await?;
+    step(
+        &diag,
+        "devices after the scale-down",
+        grid.verify(&devices).await,
+    )
+    .await?;
+    // whenScaled: Delete removes the volumes of the removed members.
+    until(
+        &diag,
+        minutes(2),
+        "the volumes of members 4 and 5 deleted",
+        || async {
+            let names: Vec<String> = pvcs
+                .list(&ListParams::default())
+                .await
+                .map_err(|e| e.to_string())?
+                .items
+                .iter()
+                .map(|p| p.name_any())
+                .collect();
+            let expected = ["data-fleet-0", "data-fleet-1", "data-fleet-2"];
+            if names == expected {
+                Ok(())
+            } else {
+                Err(format!("claims {names:?}"))
+            }
+        },
+    )
+    .await?;
+
+    // Deleting the grid removes its children; whenDeleted: Retain keeps the volumes.
+    kubectl(
+        &s,
+        &[
+            "delete",
+            "-n",
+            NS,
+            &format!("devicegrid/{GRID}"),
+            "--wait=true",
+        ],
+    )
+    .await?;
+    let sts: Api<StatefulSet> = Api::namespaced(client.clone(), NS);
+    let services: Api<Service> = Api::namespaced(client.clone(), NS);
+    let configs: Api<ConfigMap> = Api::namespaced(client.clone(), NS);
+    until(
+        &diag,
+        minutes(3),
+        "the grid's children to be gone",
+        || async {
+            let left = [
+                sts.get_opt(GRID)
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .is_some(),
+                services
+                    .get_opt(GRID)
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .is_some(),
+                configs
+                    .get_opt("fleet-config")
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .is_some(),
+                !pods
+                    .list(&ListParams::default())
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .items
+                    .is_empty(),
+            ];
+            if left.iter().any(|l| *l) {
+                Err(format!(
+                    "still there (sts, service, configmap, pods): {left:?}"
+                ))
+            } else {
+                Ok(())
+            }
+        },
+    )
+    .await?;
+    let kept = pvcs.list(&ListParams::default()).await?.items.len();
+    ensure!(kept == 3, "whenDeleted: Retain kept {kept} volumes, not 3");
+
+    let _ = kubectl(&s, &["delete", "namespace", NS, "--wait=false"]).await;
+    let _ = helm(&s, &["uninstall", RELEASE, "-n", OPERATOR_NS]).await;
+    eprintln!(
+        "e2e: done in {:.0} s; phases seen during the scale-up: {:?}",
+        started.elapsed().as_secs_f64(),
+        phases.lock().map(|p| p.clone()).unwrap_or_default()
+    );
+    Ok(())
+}
