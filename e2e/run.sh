@@ -45,6 +45,9 @@ local)
   trap down EXIT
   stage "cluster up"
   e2e/cluster/cluster.sh up
+  # DNS, Services and volumes first: a broken cluster fails here with a clear message.
+  stage "cluster smoke test"
+  e2e/cluster/smoke.sh
   stage "images"
   e2e/cluster/image.sh build target/images/node/Dockerfile target/images/node "$E2E_NODE_IMAGE"
   e2e/cluster/image.sh build target/images/operator/Dockerfile target/images/operator "$E2E_OPERATOR_IMAGE"

@@ -188,6 +188,33 @@ async fn back(diag: &Diag, pods: &Api<Pod>, name: &str, uid: &str, restarts: i32
     .await
 }
 
+/// What "nothing was lost" is checked against.
+struct Intact<'a> {
+    diag: &'a Diag,
+    grids: &'a Api<DeviceGrid>,
+    grid: &'a Grid,
+    devices: &'a BTreeMap<String, Value>,
+}
+
+impl Intact<'_> {
+    /// After a disturbance: the grid settles at `n` members, the writer stops, and every
+    /// write it had acknowledged, and every device, reads back intact.
+    async fn after(&self, writer: Writer, n: usize, timeout: Duration, what: &str) -> Result<()> {
+        settled(self.diag, self.grids, self.grid, n, timeout).await?;
+        let log = writer.stop().await?;
+        check_writer(&log, what)?;
+        let writes = self.grid.verify(&log.acked).await;
+        step(
+            self.diag,
+            &format!("writes acknowledged during {what}"),
+            writes,
+        )
+        .await?;
+        let read = self.grid.verify(self.devices).await;
+        step(self.diag, &format!("devices after {what}"), read).await
+    }
+}
+
 fn check_writer(log: &WriterLog, what: &str) -> Result<()> {
     eprintln!(
         "e2e: writer during {what}: {} acknowledged, {} failed or unknown {:?}",
@@ -299,6 +326,12 @@ async fn grid_lifecycle_on_kubernetes() -> Result<()> {
         grid.verify(&devices).await,
     )
     .await?;
+    let intact = Intact {
+        diag: &diag,
+        grids: &grids,
+        grid: &grid,
+        devices: &devices,
+    };
 
     // kubectl scale to 5: the new members receive replicas; data intact.
     let writer = Writer::start(grid.clone(), "up");
@@ -335,21 +368,7 @@ async fn grid_lifecycle_on_kubernetes() -> Result<()> {
         }
     })
     .await?;
-    settled(&diag, &grids, &grid, 5, minutes(10)).await?;
-    let log = writer.stop().await?;
-    check_writer(&log, "the scale-up")?;
-    step(
-        &diag,
-        "devices after the scale-up",
-        grid.verify(&devices).await,
-    )
-    .await?;
-    step(
-        &diag,
-        "writes during the scale-up",
-        grid.verify(&log.acked).await,
-    )
-    .await?;
+    intact.after(writer, 5, minutes(10), "the scale-up").await?;
 
     // A deleted pod comes back on its volume; no acknowledged write is lost.
     let victim = format!("{GRID}-1");
@@ -364,21 +383,9 @@ async fn grid_lifecycle_on_kubernetes() -> Result<()> {
         i32::MAX,
     )
     .await?;
-    settled(&diag, &grids, &grid, 5, minutes(5)).await?;
-    let log = writer.stop().await?;
-    check_writer(&log, "the pod deletion")?;
-    step(
-        &diag,
-        "writes during the pod deletion",
-        grid.verify(&log.acked).await,
-    )
-    .await?;
-    step(
-        &diag,
-        "devices after the pod deletion",
-        grid.verify(&devices).await,
-    )
-    .await?;
+    intact
+        .after(writer, 5, minutes(5), "the pod deletion")
+        .await?;
 
     // kill -9 of the member process inside a pod: the kubelet restarts the container.
     let victim = format!("{GRID}-2");
@@ -427,15 +434,7 @@ async fn grid_lifecycle_on_kubernetes() -> Result<()> {
         restarts,
     )
     .await?;
-    settled(&diag, &grids, &grid, 5, minutes(5)).await?;
-    let log = writer.stop().await?;
-    check_writer(&log, "the kill -9")?;
-    step(
-        &diag,
-        "writes during the kill -9",
-        grid.verify(&log.acked).await,
-    )
-    .await?;
+    intact.after(writer, 5, minutes(5), "the kill -9").await?;
 
     // kubectl scale to 3: members 5 and 4 are drained before their pods go.
     let writer = Writer::start(grid.clone(), "down");
@@ -494,21 +493,9 @@ async fn grid_lifecycle_on_kubernetes() -> Result<()> {
     )
     .await?
     .map_err(anyhow::Error::msg)?;
-    settled(&diag, &grids, &grid, 3, minutes(5)).await?;
-    let log = writer.stop().await?;
-    check_writer(&log, "the scale-down")?;
-    step(
-        &diag,
-        "writes during the scale-down",
-        grid.verify(&log.acked).await,
-    )
-    .await?;
-    step(
-        &diag,
-        "devices after the scale-down",
-        grid.verify(&devices).await,
-    )
-    .await?;
+    intact
+        .after(writer, 3, minutes(5), "the scale-down")
+        .await?;
     // whenScaled: Delete removes the volumes of the removed members.
     until(
         &diag,
