@@ -75,8 +75,10 @@ pub struct DeviceGridSpec {
     #[serde(default = "default_backups")]
     #[x_kube(validation = Rule::new("self >= 0 && self <= 6").message("backupCount must be between 0 and 6"))]
     pub backup_count: i32,
-    /// Persistent storage of each member.
+    /// Persistent storage of each member (size and class are fixed at creation: a
+    /// StatefulSet's volume claim templates cannot change).
     #[serde(default)]
+    #[x_kube(validation = Rule::new("self.size == oldSelf.size && (has(self.storageClassName) ? (has(oldSelf.storageClassName) && self.storageClassName == oldSelf.storageClassName) : !has(oldSelf.storageClassName))").message("storage.size and storage.storageClassName are immutable (StatefulSet volume claim templates cannot change)"))]
     pub storage: StorageSpec,
     /// CPU and memory of each member.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -306,6 +308,25 @@ mod tests {
         assert!(refused(&resized, Some(&good)).contains("partitionCount is immutable"));
         let scaled = spec(json!({ "replicas": 5, "partitionCount": 271, "backupCount": 2 }));
         assert_eq!(refused(&scaled, Some(&good)), "", "replicas may change");
+        let storage = |s: serde_json::Value| {
+            spec(json!({ "partitionCount": 271, "backupCount": 2, "storage": s }))
+        };
+        let base = storage(json!({ "size": "1Gi", "whenScaled": "Retain" }));
+        let bigger = storage(json!({ "size": "2Gi", "whenScaled": "Retain" }));
+        let classed = storage(json!({ "size": "1Gi", "storageClassName": "fast" }));
+        let policy = storage(json!({ "size": "1Gi", "whenScaled": "Delete" }));
+        for changed in [&bigger, &classed] {
+            let why = refused(changed, Some(&base));
+            assert!(
+                why.contains("storage.size and storage.storageClassName are immutable"),
+                "{why}"
+            );
+        }
+        assert_eq!(
+            refused(&policy, Some(&base)),
+            "",
+            "volume policies may change"
+        );
         let size = |s: &str| StorageSpec::validate_cel(&json!({ "size": s }), None).is_ok();
         assert!(size("10Gi") && size("1.5Ti") && size("500M"));
         assert!(!size("ten gigs") && !size("10 Gi"));

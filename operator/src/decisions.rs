@@ -51,7 +51,7 @@ pub enum ScaleStep {
         /// New replica count.
         to: i32,
     },
-    /// The grid does not report the member being removed yet (or cannot be reached).
+    /// The grid cannot be reached: nothing is removed until it answers.
     WaitForGrid {
         /// Member id.
         member: u64,
@@ -76,8 +76,14 @@ pub fn scale_step(
     }
     // The highest ordinal goes first; its member id is the StatefulSet's size.
     let member = current as u64;
-    let Some(m) = members.and_then(|ms| ms.iter().find(|m| m.id == member)) else {
+    let Some(members) = members else {
         return ScaleStep::WaitForGrid { member };
+    };
+    // A member missing from this view may still be one (the view can lag): the drain
+    // request asks the metadata group, which answers "not a member" only for a member that
+    // never joined, and so holds nothing.
+    let Some(m) = members.iter().find(|m| m.id == member) else {
+        return ScaleStep::Drain { member };
     };
     match m.state.as_str() {
         "decommissioned" if m.partitions_held == 0 => ScaleStep::Shrink {
@@ -191,7 +197,13 @@ mod tests {
             scale_step(3, 4, Some(&ms), None, STALL),
             ScaleStep::Drain { member: 4 }
         );
-        // A grid that cannot be asked (or does not know the member) is waited for.
+        // A member the grid's view does not list is asked about through a drain.
+        ms.pop();
+        assert_eq!(
+            scale_step(3, 4, Some(&ms), None, STALL),
+            ScaleStep::Drain { member: 4 }
+        );
+        // A grid that cannot be asked is waited for.
         assert_eq!(
             scale_step(3, 4, None, None, STALL),
             ScaleStep::WaitForGrid { member: 4 }

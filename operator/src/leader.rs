@@ -4,14 +4,19 @@
 //! The Lease is kept by kube-lease-manager (renewed with server-side apply `grace` seconds
 //! before it expires). A replica that loses the Lease stops at once and reports
 //! [`Error::LostLeadership`]; the binary then exits and Kubernetes restarts it as a
-//! candidate, as client-go's leader election does. Every reconcile step is idempotent, so the
-//! short overlap Lease timing allows (clock skew up to `grace`) does no harm.
+//! candidate, as client-go's leader election does. kube-lease-manager keeps reporting
+//! "leading" while its renewals fail, so a watchdog reads the Lease too and steps down when
+//! another replica holds it or when its own renewal is overdue by half the grace period,
+//! before the Lease expires and a standby may take it. Every reconcile step is idempotent, so
+//! the remaining overlap (clock skew between replicas) does no harm.
 
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use kube::Client;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::jiff::Timestamp;
+use kube::{Api, Client};
 use kube_lease_manager::LeaseManagerBuilder;
 use tokio_util::sync::CancellationToken;
 
@@ -80,7 +85,7 @@ where
     W: Future<Output = ()>,
 {
     lease.validate()?;
-    let manager = LeaseManagerBuilder::new(client, &lease.name)
+    let manager = LeaseManagerBuilder::new(client.clone(), &lease.name)
         .with_namespace(&lease.namespace)
         .with_identity(&lease.identity)
         .with_duration(lease.duration.as_secs())
@@ -115,6 +120,7 @@ where
         tokio::select! {
             () = work => Ok(()),
             () = lost => Err(Error::LostLeadership(lease.name.clone())),
+            () = watchdog(&client, lease) => Err(Error::LostLeadership(lease.name.clone())),
         }
     } else {
         Ok(())
@@ -131,6 +137,37 @@ where
         return Err(Error::Settings("the lease task ended unexpectedly".into()));
     }
     outcome
+}
+
+/// Returns when this replica can no longer count on holding the Lease: another holds it, or
+/// the last renewal seen is older than `duration - grace/2` (renewals are due at
+/// `duration - grace`; the Lease expires at `duration`).
+async fn watchdog(client: &Client, lease: &LeaseConfig) {
+    let leases: Api<Lease> = Api::namespaced(client.clone(), &lease.namespace);
+    let every = (lease.grace / 2).max(Duration::from_millis(500));
+    let deadline_ms =
+        i64::try_from((lease.duration - lease.grace / 2).as_millis()).unwrap_or(i64::MAX);
+    let mut renewed_ms = Timestamp::now().as_millisecond();
+    loop {
+        tokio::time::sleep(every).await;
+        match leases.get(&lease.name).await {
+            Ok(l) => {
+                let spec = l.spec.unwrap_or_default();
+                if spec.holder_identity.as_deref() != Some(lease.identity.as_str()) {
+                    tracing::warn!(holder = ?spec.holder_identity, "the Lease has another holder");
+                    return;
+                }
+                if let Some(t) = spec.renew_time {
+                    renewed_ms = renewed_ms.max(t.0.as_millisecond());
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "reading the Lease"),
+        }
+        if Timestamp::now().as_millisecond() - renewed_ms > deadline_ms {
+            tracing::warn!(lease = %lease.name, "the Lease was not renewed in time");
+            return;
+        }
+    }
 }
 
 #[cfg(test)]

@@ -11,7 +11,8 @@
 //! - [`reconciler`]: the kube-rs controller: applies children, scales through the grid's
 //!   drain API, rolls pods, writes status and events; retries failures with backoff
 //! - [`leader`]: Lease-based leader election, so only one operator replica reconciles
-//! - [`metrics`]: reconcile counters, durations and errors by kind; `/metrics`, `/healthz`
+//! - [`metrics`]: reconcile counters, durations and errors by kind; `/metrics`, `/healthz`,
+//!   `/readyz`
 //!
 //! The binary (`src/main.rs`) parses flags, then runs the metrics endpoint and, while it
 //! leads, the controllers. The Helm chart is `charts/devicegrid-operator`.

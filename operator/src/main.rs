@@ -50,7 +50,7 @@ struct Run {
     /// A drain without progress for this long is reported as stalled, seconds.
     #[arg(long, default_value_t = 600)]
     drain_stall_secs: u64,
-    /// Where `/metrics` and `/healthz` are served.
+    /// Where `/metrics`, `/healthz` and `/readyz` are served.
     #[arg(
         long,
         env = "DEVICEGRID_OPERATOR_METRICS_ADDR",

@@ -1,5 +1,5 @@
 //! The operator's Prometheus metrics (prometheus-client, OpenMetrics text at `GET /metrics`)
-//! and its HTTP endpoint (`/metrics`, `/healthz`).
+//! and its HTTP endpoint (`/metrics`, `/healthz`, `/readyz`).
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -118,8 +118,13 @@ async fn scrape(State(m): State<Arc<Metrics>>) -> impl IntoResponse {
     )
 }
 
-/// Live while the process serves; ready once it has reached the API server.
-async fn healthz(State(m): State<Arc<Metrics>>) -> impl IntoResponse {
+/// Live while the process serves (liveness: a slow API server is no reason for a restart).
+async fn healthz() -> &'static str {
+    "ok"
+}
+
+/// Ready once it has reached the API server.
+async fn readyz(State(m): State<Arc<Metrics>>) -> impl IntoResponse {
     if m.ready.load(Ordering::Acquire) {
         (StatusCode::OK, "ok")
     } else {
@@ -127,17 +132,18 @@ async fn healthz(State(m): State<Arc<Metrics>>) -> impl IntoResponse {
     }
 }
 
-/// Binds `addr` and serves `/metrics` and `/healthz` until `shutdown` is cancelled.
+/// Binds `addr` and serves `/metrics`, `/healthz` and `/readyz` until `shutdown` is cancelled.
 pub async fn serve(
     addr: SocketAddr,
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
 ) -> std::io::Result<tokio::task::JoinHandle<()>> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
-    tracing::info!(addr = %listener.local_addr()?, "serving /metrics and /healthz");
+    tracing::info!(addr = %listener.local_addr()?, "serving /metrics, /healthz and /readyz");
     let app = Router::new()
         .route("/metrics", get(scrape))
         .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
         .with_state(metrics);
     Ok(tokio::spawn(async move {
         let stop = shutdown.cancelled_owned();

@@ -124,6 +124,8 @@ pub enum DrainAnswer {
     Accepted,
     /// Refused by the grid, with its message.
     Refused(String),
+    /// The metadata group has no such member: it never joined, so it holds nothing.
+    NotAMember,
 }
 
 impl GridApi {
@@ -166,6 +168,8 @@ impl GridApi {
         let body: serde_json::Value = r.json().await.unwrap_or_default();
         if status.is_success() {
             Ok(DrainAnswer::Accepted)
+        } else if status.as_u16() == 404 && body["error"]["code"] == "member_not_found" {
+            Ok(DrainAnswer::NotAMember)
         } else if status.as_u16() == 409 {
             let message = body["error"]["message"].as_str().unwrap_or("refused");
             Ok(DrainAnswer::Refused(message.to_string()))
@@ -291,6 +295,9 @@ async fn measured(dg: Arc<DeviceGrid>, ctx: Arc<Context>) -> Result<Action, Erro
     let result = reconcile(dg.clone(), ctx.clone()).await;
     let kind = result.as_ref().err().map(Error::metric_label);
     ctx.metrics.reconciled(started.elapsed(), kind);
+    if let Err(e) = &result {
+        report_failure(&ctx, &dg, e).await;
+    }
     ctx.record(key(&dg), result.is_err());
     result
 }
@@ -340,6 +347,10 @@ fn condition(type_: &str, ok: bool, reason: &str, message: String, old: &[Condit
 
 /// One reconcile pass over `dg`.
 pub async fn reconcile(dg: Arc<DeviceGrid>, ctx: Arc<Context>) -> Result<Action, Error> {
+    if dg.metadata.deletion_timestamp.is_some() {
+        // Garbage collection removes the children; re-applying them would only race it.
+        return Ok(Action::await_change());
+    }
     let names = Names::of(&dg)?;
     let ns = names.namespace.clone();
     let client = &ctx.client;
@@ -390,19 +401,32 @@ pub async fn reconcile(dg: Arc<DeviceGrid>, ctx: Arc<Context>) -> Result<Action,
         ctx.stall_after,
     );
     let mut refused = None;
+    let mut step = step;
+    if let ScaleStep::Drain { member } = step {
+        match ctx.grid.drain(&names, member).await? {
+            DrainAnswer::Accepted => {}
+            DrainAnswer::Refused(m) => refused = Some(m),
+            DrainAnswer::NotAMember => {
+                step = ScaleStep::Shrink {
+                    member,
+                    to: current - 1,
+                }
+            }
+        }
+    }
     let replicas = match &step {
         ScaleStep::Grow { to } | ScaleStep::Shrink { to, .. } => *to,
-        ScaleStep::Drain { member } => {
-            if let DrainAnswer::Refused(m) = ctx.grid.drain(&names, *member).await? {
-                refused = Some(m);
-            }
-            current
-        }
         _ => current,
     };
     let sts =
         apply::<StatefulSet>(client, &ns, &builders::stateful_set(&dg, &names, replicas)?).await?;
-    let rolled = roll(client, &names, &sts, view.as_ref()).await?;
+    // Rolls wait for a settled size: a pod is never replaced while members are added,
+    // drained or removed.
+    let rolled = if matches!(step, ScaleStep::Steady) {
+        roll(client, &names, &sts, view.as_ref()).await?
+    } else {
+        Roll::default()
+    };
 
     let status = status_of(
         &dg,
@@ -415,27 +439,20 @@ pub async fn reconcile(dg: Arc<DeviceGrid>, ctx: Arc<Context>) -> Result<Action,
         &old_status,
     );
     let grids: Api<DeviceGrid> = Api::namespaced(client.clone(), &ns);
-    let patch = serde_json::json!({ "status": status });
+    let mut body = serde_json::to_value(&status)
+        .map_err(|e| Error::Build(crate::Error::Build("DeviceGrid status".into(), e)))?;
+    // A merge patch keeps fields it does not name: clear what the grid did not report.
+    if status.members.is_empty() {
+        body["members"] = serde_json::json!([]);
+    }
+    if status.partitions.is_none() {
+        body["partitions"] = serde_json::Value::Null;
+    }
+    let patch = serde_json::json!({ "status": body });
     grids
         .patch_status(&names.grid, &PatchParams::default(), &Patch::Merge(&patch))
         .await?;
-    let (old_reason, new) = (headline(&old_status).1, headline(&status));
-    if new.1 != old_reason {
-        let event = Event {
-            type_: if new.0 {
-                EventType::Warning
-            } else {
-                EventType::Normal
-            },
-            reason: new.1,
-            note: Some(new.2),
-            action: "Reconcile".into(),
-            secondary: None,
-        };
-        if let Err(e) = ctx.recorder.publish(&event, &dg.object_ref(&())).await {
-            tracing::warn!(error = %e, "event not published");
-        }
-    }
+    announce(&ctx, &dg, &old_status, &status).await;
     let settled = matches!(step, ScaleStep::Steady)
         && rolled.outdated == 0
         && status.phase.as_deref() == Some("Running");
@@ -444,6 +461,60 @@ pub async fn reconcile(dg: Arc<DeviceGrid>, ctx: Arc<Context>) -> Result<Action,
     } else {
         3
     })))
+}
+
+/// Publishes an Event when the cause the status reports has changed.
+async fn announce(ctx: &Context, dg: &DeviceGrid, old: &DeviceGridStatus, new: &DeviceGridStatus) {
+    let (warning, reason, note) = headline(new);
+    if reason == headline(old).1 {
+        return;
+    }
+    let event = Event {
+        type_: if warning {
+            EventType::Warning
+        } else {
+            EventType::Normal
+        },
+        reason,
+        note: Some(note),
+        action: "Reconcile".into(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder.publish(&event, &dg.object_ref(&())).await {
+        tracing::warn!(error = %e, "event not published");
+    }
+}
+
+/// Makes a failed pass visible where users look: Degraded/ReconcileFailed in the status and a
+/// Warning Event (best effort: the API server may be what failed).
+async fn report_failure(ctx: &Context, dg: &DeviceGrid, e: &Error) {
+    let (Some(ns), name) = (dg.namespace(), dg.name_any()) else {
+        return;
+    };
+    let old = dg.status.clone().unwrap_or_default();
+    let mut status = old.clone();
+    let failed = condition(
+        "Degraded",
+        true,
+        "ReconcileFailed",
+        e.to_string(),
+        &old.conditions,
+    );
+    match status.conditions.iter_mut().find(|c| c.type_ == "Degraded") {
+        Some(c) => *c = failed,
+        None => status.conditions.push(failed),
+    }
+    status.phase = Some("Degraded".into());
+    let patch =
+        serde_json::json!({ "status": { "phase": status.phase, "conditions": status.conditions } });
+    let grids: Api<DeviceGrid> = Api::namespaced(ctx.client.clone(), &ns);
+    if let Err(e) = grids
+        .patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+    {
+        tracing::debug!(error = %e, "failure not written to the status");
+    }
+    announce(ctx, dg, &old, &status).await;
 }
 
 /// What a grid's status is about, for Events: (warning, reason, message) of the Degraded
@@ -471,6 +542,9 @@ fn headline(status: &DeviceGridStatus) -> (bool, String, String) {
 /// Where a roll stands after a pass.
 #[derive(Debug, Default)]
 struct Roll {
+    /// The StatefulSet controller has not yet observed the latest template, so which pods
+    /// are outdated is not known yet.
+    unobserved: bool,
     /// Pods not on the StatefulSet's update revision.
     outdated: usize,
     /// The ordinal whose pod this pass deleted.
@@ -484,6 +558,13 @@ async fn roll(
     sts: &StatefulSet,
     view: Option<&ClusterView>,
 ) -> Result<Roll, Error> {
+    let observed = sts.status.as_ref().and_then(|s| s.observed_generation);
+    if observed.is_none() || observed < sts.metadata.generation {
+        return Ok(Roll {
+            unobserved: true,
+            ..Roll::default()
+        });
+    }
     let Some(update) = sts.status.as_ref().and_then(|s| s.update_revision.clone()) else {
         return Ok(Roll::default());
     };
@@ -509,13 +590,17 @@ async fn roll(
             })
         })
         .collect();
-    let under = view.map(|v| v.partitions.under_replicated);
+    // Under-replicated partitions, counted only while no replica moves are under way.
+    let under = view
+        .filter(|v| v.balance.moves_in_progress == 0)
+        .map(|v| v.partitions.under_replicated);
     let replicas = sts.spec.as_ref().and_then(|s| s.replicas).unwrap_or(0);
     let outdated = states.iter().filter(|p| p.revision != update).count();
     let Some(ordinal) = decisions::next_pod_to_roll(&states, replicas, &update, under) else {
         return Ok(Roll {
             outdated,
             replaced: None,
+            ..Roll::default()
         });
     };
     let name = format!("{}-{ordinal}", names.main());
@@ -537,11 +622,13 @@ async fn roll(
         Ok(_) => Ok(Roll {
             outdated,
             replaced: Some(ordinal),
+            ..Roll::default()
         }),
         // Gone already, or replaced since the list: the next pass looks again.
         Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => Ok(Roll {
             outdated,
             replaced: None,
+            ..Roll::default()
         }),
         Err(e) => Err(e.into()),
     }
@@ -565,6 +652,11 @@ fn status_of(
     let leaderless = view.map(|v| v.partitions.without_leader);
     let rebalancing = view.is_some_and(|v| !v.balance.balanced);
     let (progressing, reason, message) = match step {
+        ScaleStep::Steady if rolled.unobserved => (
+            true,
+            "Updating",
+            "waiting for the StatefulSet controller to observe the new template".to_string(),
+        ),
         ScaleStep::Steady if rolled.outdated > 0 => (
             true,
             "Rolling",
@@ -599,7 +691,7 @@ fn status_of(
         ScaleStep::Shrink { member, to } => (
             true,
             "ScalingDown",
-            format!("member {member} is decommissioned; shrinking to {to}"),
+            format!("member {member} holds no replicas; shrinking to {to}"),
         ),
     };
     let stalled = matches!(step, ScaleStep::WaitForDrain { stalled: true, .. });
@@ -610,7 +702,8 @@ fn status_of(
             "DrainStalled",
             "the drain has made no progress in time".to_string(),
         ))
-    } else if under.is_some_and(|u| u > 0) {
+    } else if under.is_some_and(|u| u > 0) && rolled.outdated == 0 {
+        // (During a roll, the replaced pod's replicas are expected to catch up.)
         Some((
             "UnderReplicated",
             format!("{} partitions under-replicated", under.unwrap_or(0)),

@@ -195,8 +195,8 @@ async fn lifecycle_under_the_charts_service_account() {
         &url,
         &[
             "--drain-stall-secs=3",
-            "--lease-duration-secs=4",
-            "--lease-renew-grace-secs=1",
+            "--lease-duration-secs=6",
+            "--lease-renew-grace-secs=2",
         ],
     );
 
@@ -435,7 +435,7 @@ async fn two_replicas_one_leader_and_a_roll_one_pod_at_a_time() {
     let grids: Api<DeviceGrid> = Api::namespaced(admin.clone(), NS);
     let (fake, url) = serve_fake(3).await;
     let kubeconfig = server.operator_kubeconfig(&admin).await;
-    let lease = ["--lease-duration-secs=4", "--lease-renew-grace-secs=1"];
+    let lease = ["--lease-duration-secs=6", "--lease-renew-grace-secs=2"];
     let mut operators = vec![
         Operator::start(&kubeconfig, "op-a", NS, &url, &lease),
         Operator::start(&kubeconfig, "op-b", NS, &url, &lease),
@@ -479,15 +479,23 @@ async fn two_replicas_one_leader_and_a_roll_one_pod_at_a_time() {
     for ordinal in 0..3 {
         ready_pod(&pods, &labels, ordinal, "r1").await;
     }
-    let revision = |update: &str| json!({ "status": { "replicas": 3, "readyReplicas": 3, "currentRevision": "r1", "updateRevision": update } });
-    sts_api
-        .patch_status(
-            "fleet",
-            &PatchParams::default(),
-            &Patch::Merge(&revision("r1")),
-        )
-        .await
-        .expect("sts status");
+    // The StatefulSet controller's part: it observes the latest generation and names the
+    // update revision.
+    let revision = |update: &'static str| {
+        let sts_api = sts_api.clone();
+        async move {
+            let generation = sts_api.get("fleet").await.expect("sts").metadata.generation;
+            let status = json!({ "status": {
+                "observedGeneration": generation, "replicas": 3, "readyReplicas": 3,
+                "currentRevision": "r1", "updateRevision": update,
+            } });
+            sts_api
+                .patch_status("fleet", &PatchParams::default(), &Patch::Merge(&status))
+                .await
+                .expect("sts status");
+        }
+    };
+    revision("r1").await;
     condition(&grids, "Available", "PartitionsLed", Some("Running")).await;
     assert!(operators[standby]
         .metric("devicegrid_operator_reconciles_total")
@@ -507,14 +515,7 @@ async fn two_replicas_one_leader_and_a_roll_one_pod_at_a_time() {
         (image == "devicegrid:2").then_some(())
     })
     .await;
-    sts_api
-        .patch_status(
-            "fleet",
-            &PatchParams::default(),
-            &Patch::Merge(&revision("r2")),
-        )
-        .await
-        .expect("sts status");
+    revision("r2").await;
     pod_gone(&pods, 2).await;
     condition(&grids, "Progressing", "Rolling", Some("Upgrading")).await;
     // While fleet-2 is away, nobody else goes.
@@ -544,4 +545,27 @@ async fn two_replicas_one_leader_and_a_roll_one_pod_at_a_time() {
     ready_pod(&pods, &labels, 0, "r2").await;
     condition(&grids, "Progressing", "Steady", Some("Running")).await;
     assert_eq!(next.metric("devicegrid_operator_leader").await, Some(1.0));
+
+    // Another holder in the Lease: the leader steps down (the process exits, to restart as a
+    // candidate) rather than lead alongside it.
+    let now = k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime(
+        k8s_openapi::jiff::Timestamp::now(),
+    );
+    let intruder = json!({ "spec": { "holderIdentity": "intruder", "renewTime": now, "leaseDurationSeconds": 60 } });
+    leases
+        .patch(RELEASE, &PatchParams::default(), &Patch::Merge(&intruder))
+        .await
+        .expect("take the Lease");
+    let next = &mut operators[0];
+    let exit = wait(T, "the leader to step down", || {
+        let status = next.child.try_wait().ok().flatten();
+        async move { status }
+    })
+    .await;
+    assert!(!exit.success(), "{exit:?}");
+    assert!(
+        next.log_text().contains("lost the leader Lease"),
+        "{}",
+        next.log_tail()
+    );
 }

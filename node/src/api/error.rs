@@ -31,6 +31,7 @@ pub fn status_of(e: &Error) -> StatusCode {
         } => StatusCode::METHOD_NOT_ALLOWED,
         Error::BadRequest { .. } => StatusCode::BAD_REQUEST,
         Error::NotFound(_) => StatusCode::NOT_FOUND,
+        Error::Refused { code, .. } if code == "member_not_found" => StatusCode::NOT_FOUND,
         Error::VersionMismatch { .. } => StatusCode::PRECONDITION_FAILED,
         Error::ProcessorFailed { .. } | Error::Refused { .. } => StatusCode::CONFLICT,
         Error::NotLeader { .. } | Error::NotDelivered { .. } | Error::Unavailable { .. } => {

@@ -53,9 +53,8 @@ pub async fn drain(
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Response, ApiError> {
     let id = member_id(path)?;
-    if !grid.meta_state().members.contains_key(&id) {
-        return Err(Error::NotFound(format!("member {id} is not a member")).into());
-    }
+    // Decided by the metadata group in log order, not from this member's possibly stale
+    // view: "not a member" (404 `member_not_found`) is an answer the operator shrinks on.
     if let MetaOutcome::Refused { code, message } =
         grid.propose_meta(MetaCommand::Drain { id }).await?
     {

@@ -268,12 +268,18 @@ impl Operator {
         .await;
     }
 
-    /// The tail of the operator's log, for failure messages.
-    pub fn log_tail(&self) -> String {
+    /// The operator's whole log.
+    pub fn log_text(&self) -> String {
         let mut text = String::new();
         if let Ok(mut f) = std::fs::File::open(&self.log) {
             let _ = f.read_to_string(&mut text);
         }
+        text
+    }
+
+    /// The tail of the operator's log, for failure messages.
+    pub fn log_tail(&self) -> String {
+        let text = self.log_text();
         let lines: Vec<&str> = text.lines().collect();
         lines[lines.len().saturating_sub(40)..].join("\n")
     }
@@ -313,10 +319,12 @@ async fn fake_drain(State(g): State<Shared>, Path(id): Path<u64>) -> impl IntoRe
         let body = json!({ "error": { "code": "drain_refused", "message": "too few members would be left" } });
         return (StatusCode::CONFLICT, Json(body));
     }
+    let Some(m) = g.view.members.iter_mut().find(|m| m.id == id) else {
+        let body = json!({ "error": { "code": "member_not_found", "message": format!("member {id} is not a member") } });
+        return (StatusCode::NOT_FOUND, Json(body));
+    };
+    m.state = "draining".into();
     g.drains.push(id);
-    if let Some(m) = g.view.members.iter_mut().find(|m| m.id == id) {
-        m.state = "draining".into();
-    }
     (StatusCode::ACCEPTED, Json(json!({ "id": id })))
 }
 
