@@ -33,6 +33,7 @@ case $mode in
 local)
   E2E_KUBECTL=$(scripts/k8s-bin.sh kubectl)
   export E2E_NODE_IMAGE=localhost/devicegrid/node:$version
+  export E2E_NODE_IMAGE_NEXT=$E2E_NODE_IMAGE-next
   export E2E_OPERATOR_IMAGE=localhost/devicegrid/operator:$version
   down() {
     if [[ ${E2E_KEEP_CLUSTER:-} == 1 ]]; then
@@ -50,6 +51,8 @@ local)
   e2e/cluster/smoke.sh
   stage "images"
   e2e/cluster/image.sh build target/images/node/Dockerfile target/images/node "$E2E_NODE_IMAGE"
+  # The rolling update goes to the same content under a second tag.
+  e2e/cluster/image.sh build target/images/node/Dockerfile target/images/node "$E2E_NODE_IMAGE_NEXT"
   e2e/cluster/image.sh build target/images/operator/Dockerfile target/images/operator "$E2E_OPERATOR_IMAGE"
   eval "$(e2e/cluster/cluster.sh env)"
   export KUBECONFIG
@@ -63,6 +66,7 @@ kind)
   done
   E2E_KUBECTL=$(command -v kubectl || scripts/k8s-bin.sh kubectl)
   export E2E_NODE_IMAGE=devicegrid/node:$version
+  export E2E_NODE_IMAGE_NEXT=$E2E_NODE_IMAGE-next
   export E2E_OPERATOR_IMAGE=devicegrid/operator:$version
   cluster=devicegrid-e2e
   export KUBECONFIG=$repo/target/kind-$cluster.kubeconfig
@@ -79,9 +83,9 @@ kind)
   kind get clusters | grep -qx "$cluster" || kind create cluster --name "$cluster" --wait 5m
   kind export kubeconfig --name "$cluster" --kubeconfig "$KUBECONFIG"
   stage "images"
-  docker build -t "$E2E_NODE_IMAGE" target/images/node
+  docker build -t "$E2E_NODE_IMAGE" -t "$E2E_NODE_IMAGE_NEXT" target/images/node
   docker build -t "$E2E_OPERATOR_IMAGE" target/images/operator
-  kind load docker-image --name "$cluster" "$E2E_NODE_IMAGE" "$E2E_OPERATOR_IMAGE"
+  kind load docker-image --name "$cluster" "$E2E_NODE_IMAGE" "$E2E_NODE_IMAGE_NEXT" "$E2E_OPERATOR_IMAGE"
   # Nodes are containers: commands for a node run in it; kind nodes have crictl.
   export E2E_NODE_EXEC="docker exec {node}"
   export E2E_CRICTL=crictl

@@ -14,6 +14,8 @@ pub struct Diag {
     pub namespace: String,
     /// The operator's namespace.
     pub operator_namespace: String,
+    /// The grid's name (its client Service).
+    pub grid: String,
 }
 
 impl Diag {
@@ -22,28 +24,42 @@ impl Diag {
         let ns = self.namespace.as_str();
         let op = self.operator_namespace.as_str();
         let mut out = String::from("\n===== diagnostics =====\n");
-        let sections: Vec<(String, Vec<&str>)> = vec![
+        let cluster_view = format!(
+            "/api/v1/namespaces/{ns}/services/{}:7001/proxy/v1/cluster",
+            self.grid
+        );
+        let deploy = "deploy/devicegrid-operator";
+        let sections: Vec<(&str, Vec<&str>)> = vec![
             (
-                "DeviceGrids".into(),
+                "DeviceGrids",
                 vec!["get", "devicegrids", "-n", ns, "-o", "yaml"],
             ),
-            ("pods".into(), vec!["get", "pods", "-n", ns, "-o", "wide"]),
-            ("volumes".into(), vec!["get", "pvc,pv", "-n", ns]),
+            ("pods", vec!["get", "pods", "-n", ns, "-o", "wide"]),
+            ("volumes", vec!["get", "pvc,pv", "-n", ns]),
             (
-                "StatefulSets".into(),
-                vec!["get", "statefulsets", "-n", ns, "-o", "wide"],
+                "StatefulSets",
+                vec!["get", "statefulsets", "-n", ns, "-o", "yaml"],
             ),
+            ("the grid's own view", vec!["get", "--raw", &cluster_view]),
             (
-                "events".into(),
-                vec!["get", "events", "-n", ns, "--sort-by=.lastTimestamp"],
+                "events",
+                vec![
+                    "get",
+                    "events",
+                    "-n",
+                    ns,
+                    "--sort-by=.metadata.creationTimestamp",
+                ],
             ),
+            ("operator pods", vec!["get", "pods", "-n", op, "-o", "wide"]),
             (
-                "operator pods".into(),
-                vec!["get", "pods", "-n", op, "-o", "wide"],
+                "leader Lease",
+                vec!["get", "leases", "-n", op, "-o", "yaml"],
             ),
+            ("operator log", vec!["logs", "-n", op, deploy, "--tail=200"]),
             (
-                "operator log".into(),
-                vec!["logs", "-n", op, "deploy/devicegrid-operator", "--tail=60"],
+                "operator log, previous container",
+                vec!["logs", "-n", op, deploy, "--previous", "--tail=60"],
             ),
         ];
         for (title, args) in sections {

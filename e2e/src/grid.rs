@@ -6,7 +6,7 @@
 //! and the suite needs no route to pod IPs (true on kind as on the local cluster).
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -169,6 +169,7 @@ impl Grid {
 /// with exactly its value afterwards).
 pub struct Writer {
     stop: Arc<AtomicBool>,
+    acked: Arc<AtomicU64>,
     task: tokio::task::JoinHandle<WriterLog>,
 }
 
@@ -188,6 +189,8 @@ impl Writer {
     pub fn start(grid: Grid, prefix: &str) -> Writer {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
+        let acked = Arc::new(AtomicU64::new(0));
+        let count = acked.clone();
         let prefix = prefix.to_string();
         let task = tokio::spawn(async move {
             let mut log = WriterLog::default();
@@ -207,6 +210,7 @@ impl Writer {
                             match w {
                                 Written::Acked(_) => {
                                     log.acked.insert(key, value);
+                                    count.fetch_add(1, Ordering::Relaxed);
                                 }
                                 Written::Failed(e) => log.fail(e),
                             }
@@ -223,7 +227,12 @@ impl Writer {
             }
             log
         });
-        Writer { stop, task }
+        Writer { stop, acked, task }
+    }
+
+    /// Writes acknowledged so far.
+    pub fn acked(&self) -> u64 {
+        self.acked.load(Ordering::Relaxed)
     }
 
     /// Stops the writer and returns its log.

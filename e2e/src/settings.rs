@@ -15,6 +15,9 @@ pub struct Settings {
     pub helm: String,
     /// Grid member image (`E2E_NODE_IMAGE`, default `devicegrid/node:<version>`).
     pub node_image: String,
+    /// The image a rolling update moves the grid to (`E2E_NODE_IMAGE_NEXT`, default the node
+    /// image's tag with `-next`; the same content under another tag will do).
+    pub node_image_next: String,
     /// Operator image repository and tag (`E2E_OPERATOR_IMAGE`).
     pub operator_image: (String, String),
     /// Command prefix that runs a command on a node; `{node}` is replaced by the node name
@@ -47,11 +50,13 @@ impl Settings {
         let Some((repo, tag)) = operator.rsplit_once(':').filter(|(_, t)| !t.contains('/')) else {
             bail!("E2E_OPERATOR_IMAGE must be REPOSITORY:TAG, not {operator:?}");
         };
+        let node_image = var("E2E_NODE_IMAGE", &format!("devicegrid/node:{version}"));
         Ok(Settings {
             repo: PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/..")),
             kubectl: var("E2E_KUBECTL", "kubectl"),
             helm: var("E2E_HELM", "helm"),
-            node_image: var("E2E_NODE_IMAGE", &format!("devicegrid/node:{version}")),
+            node_image_next: var("E2E_NODE_IMAGE_NEXT", &format!("{node_image}-next")),
+            node_image,
             operator_image: (repo.to_string(), tag.to_string()),
             node_exec: var("E2E_NODE_EXEC", "")
                 .split_whitespace()

@@ -695,12 +695,29 @@ fn status_of(
         ),
     };
     let stalled = matches!(step, ScaleStep::WaitForDrain { stalled: true, .. });
+    // A member inside the desired size that is leaving (a scale-down reverted mid-drain)
+    // serves nothing and cannot come back: the grid only moves members forward.
+    let retired = view.and_then(|v| {
+        v.members.iter().find(|m| {
+            m.id <= u64::try_from(dg.spec.replicas).unwrap_or(0)
+                && matches!(m.state.as_str(), "draining" | "decommissioned")
+                && matches!(step, ScaleStep::Steady | ScaleStep::Grow { .. })
+        })
+    });
     let degraded_reason = if let Some(m) = &refused {
         Some(("DrainRefused", m.clone()))
     } else if stalled {
         Some((
             "DrainStalled",
             "the drain has made no progress in time".to_string(),
+        ))
+    } else if let Some(m) = retired {
+        Some((
+            "MemberRetired",
+            format!(
+                "member {} is {} although the desired size includes it; it holds and takes no replicas",
+                m.id, m.state
+            ),
         ))
     } else if under.is_some_and(|u| u > 0) && rolled.outdated == 0 {
         // (During a roll, the replaced pod's replicas are expected to catch up.)

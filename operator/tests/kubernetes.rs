@@ -294,6 +294,18 @@ async fn lifecycle_under_the_charts_service_account() {
     .await;
     condition(&grids, "Progressing", "Draining", None).await;
     condition(&grids, "Degraded", "DrainStalled", Some("Degraded")).await;
+    // Scaling back up mid-drain cannot bring member 5 back (members only move forward): it is
+    // reported, not hidden. Then down again.
+    grids
+        .patch_scale("fleet", &PatchParams::default(), &Patch::Merge(&five))
+        .await
+        .expect("scale");
+    condition(&grids, "Degraded", "MemberRetired", Some("Degraded")).await;
+    grids
+        .patch("fleet", &PatchParams::default(), &Patch::Merge(&down))
+        .await
+        .expect("scale down");
+    condition(&grids, "Progressing", "Draining", None).await;
     let sts = sts_api.get("fleet").await.expect("sts");
     assert_eq!(
         sts.spec.and_then(|s| s.replicas),
