@@ -111,19 +111,20 @@ pub struct PodState {
 }
 
 /// The pod to delete next in a roll to `update_revision`, if any: only when the StatefulSet
-/// has all its `replicas` pods, every one ready, and the grid reports no under-replicated
-/// partition; highest ordinal first. A pod deleted by the previous step is missing or not
-/// ready until its replacement has rejoined, so this waits for it.
+/// has all its `replicas` pods, every one ready, and the grid reports no partition that is
+/// under-replicated or without a leader (`unsettled`; `None` when unknown); highest ordinal
+/// first. A pod deleted by the previous step is missing or not ready until its replacement
+/// has rejoined, so this waits for it.
 pub fn next_pod_to_roll(
     pods: &[PodState],
     replicas: i32,
     update_revision: &str,
-    under_replicated: Option<u64>,
+    unsettled: Option<u64>,
 ) -> Option<i32> {
     let outdated = pods.iter().filter(|p| p.revision != update_revision);
     let next = outdated.map(|p| p.ordinal).max()?;
     let complete = (0..replicas).all(|o| pods.iter().any(|p| p.ordinal == o));
-    let settled = complete && pods.iter().all(|p| p.ready) && under_replicated == Some(0);
+    let settled = complete && pods.iter().all(|p| p.ready) && unsettled == Some(0);
     settled.then_some(next)
 }
 

@@ -590,10 +590,11 @@ async fn roll(
             })
         })
         .collect();
-    // Under-replicated partitions, counted only while no replica moves are under way.
+    // Partitions not fully replicated or without a leader; unknown while replica moves
+    // are under way.
     let under = view
         .filter(|v| v.balance.moves_in_progress == 0)
-        .map(|v| v.partitions.under_replicated);
+        .map(|v| v.partitions.under_replicated + v.partitions.without_leader);
     let replicas = sts.spec.as_ref().and_then(|s| s.replicas).unwrap_or(0);
     let outdated = states.iter().filter(|p| p.revision != update).count();
     let Some(ordinal) = decisions::next_pod_to_roll(&states, replicas, &update, under) else {
