@@ -103,26 +103,47 @@ impl Grid {
     }
 
     /// Reads `keys` in batches of up to 1,000 (linearizable reads); absent keys are `None`.
+    /// A batch that meets an unavailable partition (an election in progress, a member just
+    /// restarted) is retried for up to two minutes, as a client honouring `retry_after_ms`
+    /// would; what this checks is the data, not availability.
     pub async fn get_all(&self, keys: &[String]) -> Result<BTreeMap<String, Option<Value>>> {
         let mut out = BTreeMap::new();
         for chunk in keys.chunks(1000) {
-            let v = self
-                .call(
-                    "POST",
-                    &format!("/v1/batch/maps/{MAP}/get"),
-                    Some(json!({ "keys": chunk })),
-                )
-                .await?;
-            let entries = v["entries"]
-                .as_array()
-                .ok_or_else(|| anyhow!("batch get: no entries in {v}"))?;
-            for (key, e) in chunk.iter().zip(entries) {
-                if let Some(err) = e.get("error") {
-                    bail!("reading {key}: {err}");
+            let deadline = std::time::Instant::now() + Duration::from_secs(120);
+            let entries = loop {
+                let attempt = self.get_chunk(chunk).await;
+                match attempt {
+                    Ok(entries) => break entries,
+                    Err(e) if std::time::Instant::now() < deadline => {
+                        eprintln!("e2e: read retried: {e:#}");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                    Err(e) => return Err(e.context("reading for two minutes")),
                 }
-                let found = e["found"].as_bool().unwrap_or(false);
-                out.insert(key.clone(), found.then(|| e["value"].clone()));
+            };
+            out.extend(entries);
+        }
+        Ok(out)
+    }
+
+    async fn get_chunk(&self, chunk: &[String]) -> Result<Vec<(String, Option<Value>)>> {
+        let v = self
+            .call(
+                "POST",
+                &format!("/v1/batch/maps/{MAP}/get"),
+                Some(json!({ "keys": chunk })),
+            )
+            .await?;
+        let entries = v["entries"]
+            .as_array()
+            .ok_or_else(|| anyhow!("batch get: no entries in {v}"))?;
+        let mut out = Vec::with_capacity(chunk.len());
+        for (key, e) in chunk.iter().zip(entries) {
+            if let Some(err) = e.get("error") {
+                bail!("reading {key}: {err}");
             }
+            let found = e["found"].as_bool().unwrap_or(false);
+            out.push((key.clone(), found.then(|| e["value"].clone())));
         }
         Ok(out)
     }
