@@ -476,10 +476,12 @@ async fn grid_lifecycle_on_kubernetes() -> Result<()> {
                     .as_ref()
                     .and_then(|s| s.containers.first())
                     .and_then(|c| c.image.clone());
-                // Away: deleted, or replaced and not ready yet. (Other members may be unready
-                // for a moment while partitions elect new leaders; that is not a roll step.)
+                // Away: being deleted, or replaced and not yet ready for the first time. (A
+                // member may be unready for a moment while partitions elect new leaders after
+                // another member restarted; that is not a roll step.)
                 let on_next = image.as_deref() == Some(next.as_str());
-                if pod.metadata.deletion_timestamp.is_some() || (on_next && !ready) {
+                let replacing = on_next && !ready && !renewed.contains(&ordinal);
+                if pod.metadata.deletion_timestamp.is_some() || replacing {
                     away.push(name);
                 } else if on_next && !renewed.contains(&ordinal) {
                     renewed.push(ordinal);
