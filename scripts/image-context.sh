@@ -16,7 +16,7 @@ case $1 in
   operator) bin=devicegrid-operator ;;
   *) die "unknown image '$1' (node or operator)" ;;
 esac
-src=$repo/target/release/$bin
+src=${CARGO_TARGET_DIR:-$repo/target}/release/$bin
 [[ -x $src ]] || die "$src not found: run 'cargo build --release -p devicegrid-$1' first"
 command -v ldd >/dev/null || die "ldd not found"
 
