@@ -73,9 +73,12 @@ crds:
 charts:
 	scripts/render-charts.sh charts/rendered
 
+## lint: formatting, clippy, the layer rule of node/src (scripts/check-layers.sh) and file sizes
 lint: toolchain
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	scripts/check-layers.sh
+	scripts/check-file-size.sh
 
 fmt:
 	$(CARGO) fmt --all

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+use devicegrid_proto::views::ClusterView;
 use tokio::process::Command;
 
 use crate::load::{self, Op, Outcome};
@@ -118,7 +119,7 @@ pub async fn run(
     let rebalance = t.elapsed();
     stop.store(true, Ordering::Relaxed);
     let during = during.await?;
-    let view: serde_json::Value = reqwest::get(format!("http://127.0.0.1:{port}/v1/cluster"))
+    let view: ClusterView = reqwest::get(format!("http://127.0.0.1:{port}/v1/cluster"))
         .await?
         .json()
         .await?;
@@ -150,7 +151,7 @@ pub async fn run(
         load_time.as_secs_f64(),
         devices as f64 / load_time.as_secs_f64(),
         rebalance.as_secs_f64(),
-        view["balance"]["moves_finished"],
+        view.balance.moves_finished,
         disk >> 20
     ));
     t.push_str(&format!(

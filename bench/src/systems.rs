@@ -8,12 +8,19 @@
 //!
 //! etcd has no server-side document update, so the shadow row measures what an etcd client
 //! must do for the same atomic result.
+//!
+//! DeviceGrid requests and answers are the wire contract's types ([`devicegrid_proto`]); etcd's
+//! gateway JSON is written by hand.
 
 use anyhow::{bail, Context};
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
+use devicegrid_proto::maps::{
+    BatchPut, BatchPutEntry, BatchPutResults, Processor, ShadowPatch, ShadowUpdate,
+};
 use futures::StreamExt;
 use rand::Rng;
+use serde_json::value::RawValue;
 use serde_json::{json, Value};
 
 /// A system under test. Cloning is cheap.
@@ -66,21 +73,27 @@ impl System {
 
     /// Writes `range` in one batch request (DeviceGrid only).
     async fn put_batch(&self, range: std::ops::Range<usize>, size: usize) -> anyhow::Result<()> {
-        let entries: Vec<Value> = range
-            .map(|i| Ok(json!({ "key": key(i), "value": serde_json::from_str::<Value>(&value(size, 0))? })))
+        let entries = range
+            .map(|i| {
+                Ok(BatchPutEntry {
+                    key: key(i),
+                    value: RawValue::from_string(value(size, 0))?,
+                    ttl: None,
+                })
+            })
             .collect::<anyhow::Result<_>>()?;
         let (url, http) = self.pick();
         let r = http
             .post(format!("{url}/v1/batch/maps/bench/put"))
-            .json(&json!({ "entries": entries }))
+            .json(&BatchPut { entries })
             .send()
             .await?;
-        let body: Value = r.json().await?;
-        if body["results"]
-            .as_array()
-            .is_none_or(|a| a.iter().any(|x| x.get("error").is_some()))
-        {
-            bail!("preload failed: {body}");
+        let status = r.status();
+        let text = r.text().await?;
+        let answer: BatchPutResults = serde_json::from_str(&text)
+            .with_context(|| format!("preload failed: {status} {text}"))?;
+        if let Some(e) = answer.results.iter().find_map(|x| x.error.as_ref()) {
+            bail!("preload failed: {}: {}", e.code, e.message);
         }
         Ok(())
     }
@@ -179,8 +192,13 @@ impl System {
         match self {
             System::DeviceGrid { .. } => {
                 let (url, http) = self.pick();
-                let body =
-                    json!({ "processor": "shadow", "args": { "state": { "reported": reported } } });
+                let body = Processor::Shadow(ShadowUpdate {
+                    state: ShadowPatch {
+                        desired: None,
+                        reported: Some(reported),
+                    },
+                    version: None,
+                });
                 let r = http
                     .post(format!("{url}/v1/maps/shadows/{}/process", key(i)))
                     .json(&body)

@@ -4,6 +4,9 @@
 //! (`/api/v1/namespaces/NS/services/NAME:7001/proxy/...`): the API server picks one of the
 //! Service's ready endpoints, as a client inside the cluster would get through kube-proxy,
 //! and the suite needs no route to pod IPs (true on kind as on the local cluster).
+//!
+//! Requests and answers are the wire contract's types ([`devicegrid_proto`]), so the suite
+//! reads exactly what members serve.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -11,8 +14,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
-use devicegrid_operator::reconciler::ClusterView;
+use devicegrid_proto::maps::{BatchGet, BatchGetResults, BatchPut, BatchPutEntry, BatchPutResults};
+use devicegrid_proto::views::{ClusterView, MemberView};
+use devicegrid_proto::{ErrorDetail, MemberState};
 use kube::Client;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use serde_json::value::RawValue;
 use serde_json::{json, Value};
 
 /// The map the suite writes devices to.
@@ -34,6 +42,11 @@ pub enum Written {
     Failed(String),
 }
 
+/// A batch entry's error as one line: its code, message and routing facts.
+fn describe(e: &ErrorDetail) -> String {
+    serde_json::to_string(e).unwrap_or_else(|_| format!("{}: {}", e.code, e.message))
+}
+
 impl Grid {
     /// The grid `name` in `namespace` (its client Service has the grid's name).
     pub fn new(client: Client, namespace: &str, name: &str) -> Grid {
@@ -43,9 +56,21 @@ impl Grid {
         }
     }
 
-    async fn call(&self, method: &str, path: &str, body: Option<Value>) -> Result<Value> {
+    async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
+        self.call("GET", path, Vec::new()).await
+    }
+
+    async fn post<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T> {
+        self.call("POST", path, serde_json::to_vec(body)?).await
+    }
+
+    async fn call<T: DeserializeOwned>(
+        &self,
+        method: &str,
+        path: &str,
+        body: Vec<u8>,
+    ) -> Result<T> {
         let uri = format!("{}{path}", self.base);
-        let body = body.map(|b| b.to_string().into_bytes()).unwrap_or_default();
         let request = http::Request::builder()
             .method(method)
             .uri(&uri)
@@ -61,31 +86,32 @@ impl Grid {
 
     /// `GET /v1/cluster`.
     pub async fn cluster(&self) -> Result<ClusterView> {
-        Ok(serde_json::from_value(
-            self.call("GET", "/v1/cluster", None).await?,
-        )?)
+        self.get("/v1/cluster").await
     }
 
     /// `GET /v1/members/{id}`: the member's lifecycle state.
-    pub async fn member_state(&self, id: u64) -> Result<String> {
-        let v = self.call("GET", &format!("/v1/members/{id}"), None).await?;
-        v["state"]
-            .as_str()
-            .map(String::from)
-            .ok_or_else(|| anyhow!("member {id}: no state in {v}"))
+    pub async fn member_state(&self, id: u64) -> Result<MemberState> {
+        let member: MemberView = self.get(&format!("/v1/members/{id}")).await?;
+        Ok(member.state)
     }
 
     /// Writes `entries` in one batch; one outcome per entry, in order.
     pub async fn put_batch(&self, entries: &[(String, Value)]) -> Result<Vec<Written>> {
-        let body = json!({
-            "entries": entries.iter().map(|(k, v)| json!({ "key": k, "value": v })).collect::<Vec<_>>()
-        });
-        let v = self
-            .call("POST", &format!("/v1/batch/maps/{MAP}/put"), Some(body))
-            .await?;
-        let results = v["results"]
-            .as_array()
-            .ok_or_else(|| anyhow!("batch put: no results in {v}"))?;
+        let body = BatchPut {
+            entries: entries
+                .iter()
+                .map(|(key, value)| {
+                    Ok(BatchPutEntry {
+                        key: key.clone(),
+                        value: RawValue::from_string(value.to_string())?,
+                        ttl: None,
+                    })
+                })
+                .collect::<Result<_>>()?,
+        };
+        let path = format!("/v1/batch/maps/{MAP}/put");
+        let answer: BatchPutResults = self.post(&path, &body).await?;
+        let results = answer.results;
         if results.len() != entries.len() {
             bail!(
                 "batch put: {} results for {} entries",
@@ -94,10 +120,11 @@ impl Grid {
             );
         }
         Ok(results
-            .iter()
-            .map(|r| match r["version"].as_u64() {
-                Some(version) => Written::Acked(version),
-                None => Written::Failed(r["error"].to_string()),
+            .into_iter()
+            .map(|r| match (r.version, r.error) {
+                (Some(version), _) => Written::Acked(version),
+                (None, Some(e)) => Written::Failed(describe(&e)),
+                (None, None) => Written::Failed(format!("{}: neither version nor error", r.key)),
             })
             .collect())
     }
@@ -127,23 +154,19 @@ impl Grid {
     }
 
     async fn get_chunk(&self, chunk: &[String]) -> Result<Vec<(String, Option<Value>)>> {
-        let v = self
-            .call(
-                "POST",
-                &format!("/v1/batch/maps/{MAP}/get"),
-                Some(json!({ "keys": chunk })),
-            )
-            .await?;
-        let entries = v["entries"]
-            .as_array()
-            .ok_or_else(|| anyhow!("batch get: no entries in {v}"))?;
+        let body = BatchGet {
+            keys: chunk.to_vec(),
+            consistency: None,
+        };
+        let path = format!("/v1/batch/maps/{MAP}/get");
+        let answer: BatchGetResults = self.post(&path, &body).await?;
         let mut out = Vec::with_capacity(chunk.len());
-        for (key, e) in chunk.iter().zip(entries) {
-            if let Some(err) = e.get("error") {
-                bail!("reading {key}: {err}");
+        for (key, e) in chunk.iter().zip(answer.entries) {
+            if let Some(err) = &e.error {
+                bail!("reading {key}: {}", describe(err));
             }
-            let found = e["found"].as_bool().unwrap_or(false);
-            out.push((key.clone(), found.then(|| e["value"].clone())));
+            let found = e.found.unwrap_or(false);
+            out.push((key.clone(), found.then(|| e.value.unwrap_or(Value::Null))));
         }
         Ok(out)
     }

@@ -9,11 +9,14 @@
 //! - [`tools`]: kubectl, helm and node commands with deadlines and their output in errors
 //! - [`grid`]: the grid's HTTP API reached through its client Service (the API server's
 //!   service proxy), and a writer that records every acknowledged write
+//! - [`checks`]: what each step waits for: a settled grid (its own view and the DeviceGrid's
+//!   status agree), a pod back after a restart, acknowledged writes and devices intact
 //! - [`diag`]: what a failed step prints: the grid's status, pods, volumes, events and log
 //!   excerpts of the operator and the members
 //! - [`wait`]: polling with a deadline; a timeout reports the last observation and the
 //!   diagnostics
 
+pub mod checks;
 pub mod diag;
 pub mod grid;
 pub mod settings;

@@ -11,12 +11,15 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
+use devicegrid_e2e::checks::{back, holds, settled, summary, Intact};
 use devicegrid_e2e::diag::Diag;
-use devicegrid_e2e::grid::{Grid, Writer, WriterLog};
+use devicegrid_e2e::grid::{Grid, Writer};
 use devicegrid_e2e::settings::Settings;
 use devicegrid_e2e::tools::{helm, kubectl, kubectl_apply, on_node};
 use devicegrid_e2e::wait::{step, until};
 use devicegrid_operator::crd::DeviceGrid;
+use devicegrid_operator::status::Phase;
+use devicegrid_proto::MemberState;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Service};
 use kube::api::{Api, ListParams};
@@ -56,178 +59,6 @@ spec:
 "#,
         image = s.node_image
     )
-}
-
-/// The grid's status as one line, for "last observed".
-fn summary(dg: &DeviceGrid) -> String {
-    let Some(s) = &dg.status else {
-        return "no status yet".into();
-    };
-    let conditions: Vec<String> = s
-        .conditions
-        .iter()
-        .map(|c| format!("{}={}({})", c.type_, c.status, c.reason))
-        .collect();
-    let members: Vec<String> = s
-        .members
-        .iter()
-        .map(|m| format!("{}:{}:{}", m.id, m.state, m.partitions_held))
-        .collect();
-    format!(
-        "phase {:?}, ready {}/{}, {}, members [{}], partitions {:?}",
-        s.phase,
-        s.ready_replicas,
-        s.replicas,
-        conditions.join(" "),
-        members.join(" "),
-        s.partitions
-    )
-}
-
-fn holds(dg: &DeviceGrid, type_: &str) -> bool {
-    dg.status.as_ref().is_some_and(|s| {
-        s.conditions
-            .iter()
-            .any(|c| c.type_ == type_ && c.status == "True")
-    })
-}
-
-/// Waits until the grid runs `n` ready, active members, balanced, nothing under-replicated:
-/// as the grid itself reports it now (`GET /v1/cluster`) and in the DeviceGrid's status.
-async fn settled(
-    diag: &Diag,
-    grids: &Api<DeviceGrid>,
-    grid: &Grid,
-    n: usize,
-    timeout: Duration,
-) -> Result<()> {
-    until(
-        diag,
-        timeout,
-        &format!("a settled grid of {n} members"),
-        || async {
-            let view = grid.cluster().await.map_err(|e| format!("grid: {e:#}"))?;
-            let active: Vec<_> = view
-                .members
-                .iter()
-                .filter(|m| m.state == "active")
-                .collect();
-            let grid_ok = active.len() == n
-                && active.iter().all(|m| m.ready && m.partitions_held > 0)
-                && view.balance.balanced
-                && view.partitions.under_replicated == 0
-                && view.partitions.without_leader == 0;
-            if !grid_ok {
-                return Err(format!(
-                    "grid: {} active of {} members, balanced {}, partitions {:?}",
-                    active.len(),
-                    view.members.len(),
-                    view.balance.balanced,
-                    view.partitions
-                ));
-            }
-            let dg = grids.get(GRID).await.map_err(|e| e.to_string())?;
-            let s = dg.status.clone().unwrap_or_default();
-            let active = s.members.iter().filter(|m| m.state == "active").count();
-            let spread = s
-                .members
-                .iter()
-                .all(|m| m.state != "active" || m.partitions_held > 0);
-            let healthy = s.partitions.as_ref().is_some_and(|p| {
-                p.under_replicated == 0 && p.without_leader == 0 && p.moves_in_progress == 0
-            });
-            let ok = s.phase.as_deref() == Some("Running")
-                && s.ready_replicas == n as i32
-                && active == n
-                && spread
-                && healthy
-                && holds(&dg, "Available")
-                && !holds(&dg, "Rebalancing")
-                && s.observed_generation == dg.metadata.generation;
-            if ok {
-                Ok(())
-            } else {
-                Err(summary(&dg))
-            }
-        },
-    )
-    .await
-}
-
-/// Waits until pod `name` is ready with more restarts than `restarts` (or a new uid).
-async fn back(diag: &Diag, pods: &Api<Pod>, name: &str, uid: &str, restarts: i32) -> Result<()> {
-    until(
-        diag,
-        minutes(5),
-        &format!("pod {name} back and ready"),
-        || async {
-            let pod = pods.get(name).await.map_err(|e| e.to_string())?;
-            let status = pod.status.clone().unwrap_or_default();
-            let ready = status
-                .conditions
-                .unwrap_or_default()
-                .iter()
-                .any(|c| c.type_ == "Ready" && c.status == "True");
-            let count = status
-                .container_statuses
-                .unwrap_or_default()
-                .iter()
-                .map(|c| c.restart_count)
-                .sum::<i32>();
-            let renewed = pod.uid().as_deref() != Some(uid) || count > restarts;
-            if ready && renewed {
-                Ok(())
-            } else {
-                Err(format!(
-                    "ready {ready}, restarts {count}, same pod {}",
-                    !renewed
-                ))
-            }
-        },
-    )
-    .await
-}
-
-/// What "nothing was lost" is checked against.
-struct Intact<'a> {
-    diag: &'a Diag,
-    grids: &'a Api<DeviceGrid>,
-    grid: &'a Grid,
-    devices: &'a BTreeMap<String, Value>,
-}
-
-impl Intact<'_> {
-    /// After a disturbance: the grid settles at `n` members, the writer stops, and every
-    /// write it had acknowledged, and every device, reads back intact.
-    async fn after(&self, writer: Writer, n: usize, timeout: Duration, what: &str) -> Result<()> {
-        settled(self.diag, self.grids, self.grid, n, timeout).await?;
-        // The grid kept taking writes while it was disturbed, not only once it had settled.
-        let during = writer.acked();
-        let log = writer.stop().await?;
-        ensure!(
-            during > 0,
-            "no write was acknowledged during {what} before the grid settled"
-        );
-        show_writer(&log, what);
-        let writes = self.grid.verify(&log.acked).await;
-        step(
-            self.diag,
-            &format!("writes acknowledged during {what}"),
-            writes,
-        )
-        .await?;
-        let read = self.grid.verify(self.devices).await;
-        step(self.diag, &format!("devices after {what}"), read).await
-    }
-}
-
-fn show_writer(log: &WriterLog, what: &str) {
-    eprintln!(
-        "e2e: writer during {what}: {} acknowledged, {} failed or unknown {:?}",
-        log.acked.len(),
-        log.failed,
-        log.errors
-    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -314,7 +145,7 @@ async fn grid_lifecycle_on_kubernetes() -> Result<()> {
     let pods: Api<Pod> = Api::namespaced(client.clone(), NS);
     let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), NS);
     let grid = Grid::new(client.clone(), NS, GRID);
-    settled(&diag, &grids, &grid, 3, minutes(6)).await?;
+    settled(&diag, &grids, GRID, &grid, 3, minutes(6)).await?;
 
     // 10,000 devices through the client Service.
     let keys: Vec<String> = (0..DEVICES).map(|i| format!("device-{i:05}")).collect();
@@ -331,6 +162,7 @@ async fn grid_lifecycle_on_kubernetes() -> Result<()> {
     let intact = Intact {
         diag: &diag,
         grids: &grids,
+        name: GRID,
         grid: &grid,
         devices: &devices,
     };
@@ -362,7 +194,11 @@ async fn grid_lifecycle_on_kubernetes() -> Result<()> {
                 .lock()
                 .map_err(|e| e.to_string())?
                 .push(phase.clone());
-            if matches!(phase.as_str(), "Scaling" | "Rebalancing") || holds(&dg, "Rebalancing") {
+            let moving = matches!(
+                Phase::parse(&phase),
+                Some(Phase::Scaling | Phase::Rebalancing)
+            );
+            if moving || holds(&dg, "Rebalancing") {
                 Ok(())
             } else {
                 Err(summary(&dg))
@@ -552,7 +388,7 @@ async fn grid_lifecycle_on_kubernetes() -> Result<()> {
                     let id = ordinal + 1;
                     let member = view.members.iter().find(|m| m.id == id);
                     let drained = member
-                        .is_none_or(|m| m.state == "decommissioned" && m.partitions_held == 0);
+                        .is_none_or(|m| m.state == MemberState::Decommissioned && m.partitions_held == 0);
                     if !drained {
                         return Ok(Err(format!(
                             "pod {name} began to go while the grid reported member {id} as {member:?}"

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use crate::raft::NodeId;
+use devicegrid_proto::NodeId;
 
 /// One initial member: `id=host:port`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -40,6 +40,25 @@ impl std::str::FromStr for Seed {
             id,
             addr: addr.to_string(),
         })
+    }
+}
+
+/// A setting that does not validate.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct ConfigError {
+    /// The setting (its YAML key).
+    pub setting: &'static str,
+    /// What is wrong with it.
+    pub message: String,
+}
+
+impl ConfigError {
+    fn new(setting: &'static str, message: impl Into<String>) -> Self {
+        ConfigError {
+            setting,
+            message: message.into(),
+        }
     }
 }
 
@@ -85,6 +104,11 @@ pub struct Config {
     pub member_down_after_ms: u64,
     /// A group snapshots its state and drops its log after this many new entries.
     pub snapshot_after_logs: u64,
+    /// Writes waiting to be proposed in one group, at most; more are refused with 503
+    /// `overloaded` (nothing written) instead of buffered.
+    pub max_queued_writes: usize,
+    /// Requests waiting to be sent to one peer on one lane, at most; more are refused.
+    pub max_queued_peer_requests: usize,
 }
 
 impl Default for Config {
@@ -107,6 +131,8 @@ impl Default for Config {
             request_timeout_ms: 10_000,
             member_down_after_ms: 2_000,
             snapshot_after_logs: 10_000,
+            max_queued_writes: 4096,
+            max_queued_peer_requests: 16_384,
         }
     }
 }
@@ -139,52 +165,94 @@ impl Config {
     }
 
     /// Checks the settings and their relations.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), ConfigError> {
         if self.node_id == 0 {
-            return Err("node id must be greater than 0".into());
+            return Err(ConfigError::new(
+                "node_id",
+                "node id must be greater than 0",
+            ));
         }
         if !(1..=65_536).contains(&self.partitions) {
-            return Err(format!(
-                "partitions must be between 1 and 65536, not {}",
-                self.partitions
+            return Err(ConfigError::new(
+                "partitions",
+                format!(
+                    "partitions must be between 1 and 65536, not {}",
+                    self.partitions
+                ),
             ));
         }
         if !(1..=7).contains(&self.replication_factor) {
-            return Err(format!(
-                "replication factor must be between 1 and 7, not {}",
-                self.replication_factor
+            return Err(ConfigError::new(
+                "replication_factor",
+                format!(
+                    "replication factor must be between 1 and 7, not {}",
+                    self.replication_factor
+                ),
             ));
         }
         let seeds = self.seeds();
         let mut ids: Vec<_> = seeds.iter().map(|s| s.id).collect();
         ids.sort_unstable();
         if ids.windows(2).any(|w| w[0] == w[1]) || ids.contains(&0) {
-            return Err("initial member ids must be distinct and greater than 0".into());
+            return Err(ConfigError::new(
+                "initial_members",
+                "initial member ids must be distinct and greater than 0",
+            ));
         }
         if self.min_members == Some(0) {
-            return Err("min_members must be at least 1".into());
+            return Err(ConfigError::new(
+                "min_members",
+                "min_members must be at least 1",
+            ));
         }
         if self.max_moves == 0 {
-            return Err("max_moves must be at least 1".into());
+            return Err(ConfigError::new(
+                "max_moves",
+                "max_moves must be at least 1",
+            ));
         }
         if self.failure_grace_ms < self.member_down_after_ms {
-            return Err("failure_grace_ms must be at least member_down_after_ms".into());
+            return Err(ConfigError::new(
+                "failure_grace_ms",
+                "failure_grace_ms must be at least member_down_after_ms",
+            ));
         }
         if self
             .zone
             .as_deref()
             .is_some_and(|z| z.is_empty() || z.len() > 63)
         {
-            return Err("zone must be 1 to 63 characters".into());
+            return Err(ConfigError::new("zone", "zone must be 1 to 63 characters"));
         }
         if self.member_down_after_ms < 500 {
-            return Err("member_down_after_ms must be at least 500".into());
+            return Err(ConfigError::new(
+                "member_down_after_ms",
+                "member_down_after_ms must be at least 500",
+            ));
         }
         if self.snapshot_after_logs < 10 {
-            return Err("snapshot_after_logs must be at least 10".into());
+            return Err(ConfigError::new(
+                "snapshot_after_logs",
+                "snapshot_after_logs must be at least 10",
+            ));
+        }
+        if self.max_queued_writes == 0 {
+            return Err(ConfigError::new(
+                "max_queued_writes",
+                "max_queued_writes must be at least 1",
+            ));
+        }
+        if self.max_queued_peer_requests < 64 {
+            return Err(ConfigError::new(
+                "max_queued_peer_requests",
+                "max_queued_peer_requests must be at least 64",
+            ));
         }
         if self.request_timeout_ms < 100 {
-            return Err("request_timeout_ms must be at least 100".into());
+            return Err(ConfigError::new(
+                "request_timeout_ms",
+                "request_timeout_ms must be at least 100",
+            ));
         }
         Ok(())
     }
@@ -214,7 +282,7 @@ mod tests {
         c.node_id = 2;
         assert_eq!(c.validate(), Ok(()));
         c.min_members = Some(0);
-        assert!(c.validate().is_err());
+        assert_eq!(c.validate().map_err(|e| e.setting), Err("min_members"));
         c.min_members = Some(2);
         c.partitions = 0;
         assert!(c.validate().is_err());

@@ -1,6 +1,11 @@
-//! The crate's error type. HTTP status codes are decided once, in `api::error`.
+//! The crate's error type. Codes and their HTTP statuses are the wire contract's
+//! ([`ErrorCode`]); the body is built once, in `api::error`.
 
-use crate::raft::GroupId;
+use devicegrid_proto::entries::GroupId;
+use devicegrid_proto::peer::WireError;
+use devicegrid_proto::{ErrorCode, Routing};
+
+use crate::config::ConfigError;
 
 /// Result with the crate's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -12,7 +17,7 @@ pub enum Error {
     #[error("{message}")]
     BadRequest {
         /// Machine-readable error code, e.g. `invalid_json`.
-        code: &'static str,
+        code: ErrorCode,
         /// Human-readable explanation.
         message: String,
     },
@@ -31,7 +36,7 @@ pub enum Error {
     #[error("{message}")]
     ProcessorFailed {
         /// Machine-readable error code, e.g. `condition_failed`.
-        code: String,
+        code: ErrorCode,
         /// Human-readable explanation.
         message: String,
     },
@@ -76,9 +81,29 @@ pub enum Error {
     #[error("{message}")]
     Refused {
         /// Machine-readable error code, e.g. `drain_refused`.
-        code: String,
+        code: ErrorCode,
         /// Why.
         message: String,
+    },
+    /// This member's queues for the group are full: nothing was written, the client should
+    /// back off (503 `overloaded` with `Retry-After`).
+    #[error("group {group} is overloaded: {message}")]
+    Overloaded {
+        /// The group whose queue is full.
+        group: GroupId,
+        /// Which queue.
+        message: String,
+    },
+    /// The member's configuration does not validate.
+    #[error("invalid configuration: {0}")]
+    Config(#[from] ConfigError),
+    /// A partition call failed; `routing` says where it was sent, for smart clients.
+    #[error("{source}")]
+    Routed {
+        /// What went wrong.
+        source: Box<Error>,
+        /// Partition, leader and table version as this member knew them.
+        routing: Routing,
     },
     /// Persistent storage failed.
     #[error("storage: {0}")]
@@ -90,27 +115,79 @@ pub enum Error {
 
 impl Error {
     /// Shorthand for [`Error::BadRequest`].
-    pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
+    pub fn bad_request(code: ErrorCode, message: impl Into<String>) -> Self {
         Error::BadRequest {
             code,
             message: message.into(),
         }
     }
 
-    /// Label for metrics and logs.
-    pub fn code(&self) -> &str {
+    /// The machine-readable code (its HTTP status is [`ErrorCode::status`]).
+    pub fn code(&self) -> ErrorCode {
         match self {
-            Error::BadRequest { code, .. } => code,
-            Error::NotFound(_) => "not_found",
-            Error::VersionMismatch { .. } => "version_mismatch",
-            Error::ProcessorFailed { code, .. } => code,
-            Error::NotLeader { .. } => "not_leader",
-            Error::NotDelivered { .. } => "unavailable",
-            Error::Unavailable { .. } => "unavailable",
-            Error::OutcomeUnknown { .. } => "outcome_unknown",
-            Error::Refused { code, .. } => code,
-            Error::Storage(_) => "storage",
-            Error::Internal(_) => "internal",
+            Error::BadRequest { code, .. }
+            | Error::ProcessorFailed { code, .. }
+            | Error::Refused { code, .. } => *code,
+            Error::NotFound(_) => ErrorCode::NotFound,
+            Error::VersionMismatch { .. } => ErrorCode::VersionMismatch,
+            Error::NotLeader { .. } => ErrorCode::NotLeader,
+            Error::NotDelivered { .. } | Error::Unavailable { .. } => ErrorCode::Unavailable,
+            Error::Overloaded { .. } => ErrorCode::Overloaded,
+            Error::OutcomeUnknown { .. } => ErrorCode::OutcomeUnknown,
+            Error::Config(_) => ErrorCode::InvalidConfig,
+            Error::Routed { source, .. } => source.code(),
+            Error::Storage(_) => ErrorCode::Storage,
+            Error::Internal(_) => ErrorCode::Internal,
+        }
+    }
+
+    /// The error without its routing facts.
+    pub fn inner(&self) -> &Error {
+        match self {
+            Error::Routed { source, .. } => source.inner(),
+            other => other,
+        }
+    }
+
+    /// Attaches routing facts (replacing earlier ones).
+    pub fn routed(self, routing: Routing) -> Error {
+        let source = match self {
+            Error::Routed { source, .. } => source,
+            other => Box::new(other),
+        };
+        Error::Routed { source, routing }
+    }
+
+    /// The error as it crosses to another member.
+    pub fn to_wire(&self) -> WireError {
+        match self.inner() {
+            Error::NotLeader { leader, .. } => WireError::NotLeader { leader: *leader },
+            Error::NotDelivered { member, .. } => WireError::NotHosted { member: *member },
+            Error::Unavailable { message, .. } => WireError::Unavailable(message.clone()),
+            Error::Overloaded { message, .. } => WireError::Overloaded(message.clone()),
+            Error::OutcomeUnknown { message, .. } => WireError::OutcomeUnknown(message.clone()),
+            Error::Refused { code, message } => WireError::Refused {
+                code: *code,
+                message: message.clone(),
+            },
+            other => WireError::Other(other.to_string()),
+        }
+    }
+
+    /// A wire error from another member, about `group`.
+    pub fn from_wire(w: WireError, group: GroupId) -> Error {
+        match w {
+            WireError::NotLeader { leader } => Error::NotLeader { group, leader },
+            WireError::NotHosted { member } => Error::NotDelivered {
+                group,
+                member,
+                message: "it does not host the group".into(),
+            },
+            WireError::Unavailable(message) => Error::Unavailable { group, message },
+            WireError::Overloaded(message) => Error::Overloaded { group, message },
+            WireError::OutcomeUnknown(message) => Error::OutcomeUnknown { group, message },
+            WireError::Refused { code, message } => Error::Refused { code, message },
+            WireError::Other(m) => Error::Internal(m),
         }
     }
 }

@@ -3,7 +3,6 @@
 //! Request counters and latency histograms are updated as requests finish; Raft gauges are
 //! read from the groups when scraped.
 
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -12,8 +11,6 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
-
-use crate::cluster::Grid;
 
 /// Labels of request counters.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -205,9 +202,8 @@ impl Metrics {
         self.expired.inc_by(n);
     }
 
-    /// Reads the Raft gauges from the grid.
-    pub fn observe_groups(&self, grid: &Grid) {
-        let (mut led, mut held, mut leaderless) = (0, 0, 0);
+    /// Sets the gauges from a snapshot of the member's state.
+    pub fn observe(&self, stats: &GridStats) {
         // Families are rebuilt so replicas moved away leave no stale series.
         for family in [
             &self.commit_index,
@@ -217,58 +213,40 @@ impl Metrics {
         ] {
             family.clear();
         }
-        for g in grid.groups() {
-            let m = g.raft.metrics().borrow().clone();
+        for g in &stats.groups {
             let labels = GroupLabels {
-                group: g.id.to_string(),
+                group: g.group.clone(),
             };
-            self.commit_index
-                .get_or_create(&labels)
-                .set(g.committed.load(Ordering::Relaxed) as i64);
-            self.applied_index
-                .get_or_create(&labels)
-                .set(m.last_applied.map_or(0, |l| l.index) as i64);
-            self.snapshot_index
-                .get_or_create(&labels)
-                .set(m.snapshot.map_or(0, |l| l.index) as i64);
-            self.purged_index
-                .get_or_create(&labels)
-                .set(m.purged.map_or(0, |l| l.index) as i64);
-            if matches!(g.id, crate::raft::GroupId::Partition(_)) {
-                held += 1;
-                led += i64::from(m.state == openraft::ServerState::Leader);
-                leaderless += i64::from(!grid.has_usable_leader(&g));
+            for (family, value) in [
+                (&self.commit_index, g.committed),
+                (&self.applied_index, g.applied),
+                (&self.snapshot_index, g.snapshot),
+                (&self.purged_index, g.purged),
+            ] {
+                family.get_or_create(&labels).set(value as i64);
             }
         }
-        self.leaders.set(led);
-        self.replicas.set(held);
-        self.leaderless.set(leaderless);
-        let meta = grid.meta_state();
-        self.peers_up.set(
-            meta.members
-                .keys()
-                .filter(|id| **id != grid.id && grid.liveness.alive(**id))
-                .count() as i64,
-        );
-        let now = crate::cluster::now_ms();
-        let stalled_ms = grid.config.move_stalled_after_ms;
-        let stalled = meta
-            .moves
-            .values()
-            .filter(|m| now.saturating_sub(m.started_ms) > stalled_ms)
-            .count();
-        for (state, n) in [("in_progress", meta.moves.len()), ("stalled", stalled)] {
+        self.leaders.set(stats.partitions_led as i64);
+        self.replicas.set(stats.partitions_held as i64);
+        self.leaderless.set(stats.partitions_leaderless as i64);
+        self.peers_up.set(stats.peers_up as i64);
+        for (state, n) in [
+            ("in_progress", stats.moves_in_progress),
+            ("stalled", stats.moves_stalled),
+        ] {
             self.moves
                 .get_or_create(&MoveLabels {
                     state: state.into(),
                 })
                 .set(n as i64);
         }
-        self.moves_finished.set(meta.moves_finished as i64);
+        self.moves_finished.set(stats.moves_finished as i64);
         self.move_steps.clear();
-        for m in grid.status().moves {
+        for phase in &stats.move_phases {
             self.move_steps
-                .get_or_create(&MoveLabels { state: m.phase })
+                .get_or_create(&MoveLabels {
+                    state: phase.clone(),
+                })
                 .inc();
         }
     }
@@ -281,4 +259,43 @@ impl Metrics {
         }
         out
     }
+}
+
+/// Log positions of one hosted group.
+#[derive(Clone, Debug, Default)]
+pub struct GroupStats {
+    /// `meta` or `p<N>`.
+    pub group: String,
+    /// Last committed index.
+    pub committed: u64,
+    /// Last applied index.
+    pub applied: u64,
+    /// Index of the last snapshot.
+    pub snapshot: u64,
+    /// Last purged index.
+    pub purged: u64,
+}
+
+/// What the member's gauges show, read from the member by its owner
+/// (`cluster::Grid::stats`), so this module needs nothing above it.
+#[derive(Clone, Debug, Default)]
+pub struct GridStats {
+    /// Every hosted group.
+    pub groups: Vec<GroupStats>,
+    /// Partitions led here.
+    pub partitions_led: usize,
+    /// Partition replicas hosted here.
+    pub partitions_held: usize,
+    /// Hosted partitions without a usable leader.
+    pub partitions_leaderless: usize,
+    /// Other members answering pings.
+    pub peers_up: usize,
+    /// Moves in progress grid-wide.
+    pub moves_in_progress: usize,
+    /// Moves running longer than the stall threshold.
+    pub moves_stalled: usize,
+    /// Moves finished since bootstrap.
+    pub moves_finished: u64,
+    /// Phases of the moves this member carries out.
+    pub move_phases: Vec<String>,
 }

@@ -13,6 +13,7 @@ use common::history::{history_path, History, Status};
 use common::workload::{Client, Workload, WorkloadConfig};
 use common::{wait_for, TestGrid};
 use nix::sys::signal::Signal;
+use reqwest::Method;
 use serde_json::Value;
 
 const KEYS: u32 = 40;
@@ -106,28 +107,6 @@ async fn wait_moves_in_progress(grid: &TestGrid) {
     .expect("moves in progress");
 }
 
-async fn post(grid: &TestGrid, via: u64, path: &str) -> (u16, Value) {
-    let resp = grid
-        .http
-        .post(format!("{}{path}", grid.url(via)))
-        .send()
-        .await
-        .expect("post");
-    let status = resp.status().as_u16();
-    (status, resp.json().await.unwrap_or(Value::Null))
-}
-
-async fn get_json(grid: &TestGrid, via: u64, path: &str) -> (u16, Value) {
-    let resp = grid
-        .http
-        .get(format!("{}{path}", grid.url(via)))
-        .send()
-        .await
-        .expect("get");
-    let status = resp.status().as_u16();
-    (status, resp.json().await.unwrap_or(Value::Null))
-}
-
 fn member(view: &Value, id: u64) -> &Value {
     view["members"]
         .as_array()
@@ -160,23 +139,27 @@ async fn members_join_and_drain_under_load() {
 
     // 5 -> 3: drained members give everything away, then stop.
     for id in [a, b] {
-        let (status, body) = post(&grid, 1, &format!("/v1/members/{id}/drain")).await;
+        let (status, body) = grid
+            .request(Method::POST, 1, &format!("/v1/members/{id}/drain"))
+            .await;
         assert_eq!(status, 202, "{body}");
     }
     set_members(&urls, &grid, &[1, 2, 3]);
     grid.wait_balanced(2, &[1, 2, 3], Duration::from_secs(150))
         .await;
     for id in [a, b] {
-        let (status, m) = get_json(&grid, 3, &format!("/v1/members/{id}")).await;
+        let (status, m) = grid
+            .request(Method::GET, 3, &format!("/v1/members/{id}"))
+            .await;
         assert_eq!(status, 200);
         assert_eq!(m["state"], "decommissioned", "{m}");
         assert_eq!(m["partitions_held"], 0, "{m}");
         grid.stop(id);
     }
-    let (status, body) = post(&grid, 1, "/v1/members/3/drain").await;
+    let (status, body) = grid.request(Method::POST, 1, "/v1/members/3/drain").await;
     assert_eq!(status, 409, "{body}");
     assert_eq!(body["error"]["code"], "drain_refused", "{body}");
-    let (status, body) = get_json(&grid, 1, "/v1/members/77").await;
+    let (status, body) = grid.request(Method::GET, 1, "/v1/members/77").await;
     assert_eq!(status, 404, "{body}");
     let view = grid.cluster(1).await.expect("view");
     assert_eq!(view["partitions"]["under_replicated"], 0, "{view}");
@@ -334,7 +317,7 @@ async fn bootstrap_waits_for_min_members_and_spreads_zones() {
     grid.spawn(6);
     grid.wait_balanced(1, &[1, 2, 3, 4, 5, 6], Duration::from_secs(60))
         .await;
-    let (_, table) = get_json(&grid, 3, "/v1/partitions").await;
+    let (_, table) = grid.request(Method::GET, 3, "/v1/partitions").await;
     let table = table.as_array().expect("table");
     assert_eq!(table.len(), 24);
     for p in table {

@@ -1,38 +1,67 @@
-//! openraft's storage conformance suite against the sled log store and state machine.
+//! openraft's storage conformance suite against the sled log store and the state machine,
+//! once for each machine a member runs (a partition's maps and the metadata group).
 
-use devicegrid::raft::{GroupId, LogStore, StateMachineStore, StorageError, TypeConfig};
+use devicegrid::raft::{
+    GroupId, LogStore, Machine, MetaMachine, PartitionMachine, StateMachineStore, StorageError,
+    TypeConfig,
+};
 use devicegrid::storage::Storage;
 use openraft::testing::{StoreBuilder, Suite};
 use openraft::StorageIOError;
 
-struct SledBuilder;
+/// Builds stores for `group`, with the machine `make` returns.
+struct SledBuilder<F> {
+    group: GroupId,
+    make: F,
+}
 
-impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, tempfile::TempDir> for SledBuilder {
+fn io(e: impl ToString) -> StorageError {
+    StorageError::from(StorageIOError::write(openraft::AnyError::error(
+        e.to_string(),
+    )))
+}
+
+impl<M, F> StoreBuilder<TypeConfig, LogStore, StateMachineStore<M>, tempfile::TempDir>
+    for SledBuilder<F>
+where
+    M: Machine,
+    F: Fn() -> M + Send + Sync,
+{
     async fn build(
         &self,
-    ) -> Result<(tempfile::TempDir, LogStore, StateMachineStore), StorageError> {
-        let io =
-            |e: String| StorageError::from(StorageIOError::write(openraft::AnyError::error(e)));
-        let dir = tempfile::tempdir().map_err(|e| io(e.to_string()))?;
-        let st = Storage::open(dir.path()).map_err(|e| io(e.to_string()))?;
-        // A partition group shares the trees with other groups in a real member; put a
-        // neighbour's data around it so range scans that leak across groups are caught.
-        for neighbour in [2u32, 4] {
+    ) -> Result<(tempfile::TempDir, LogStore, StateMachineStore<M>), StorageError> {
+        let dir = tempfile::tempdir().map_err(io)?;
+        let st = Storage::open(dir.path()).map_err(io)?;
+        // Groups share the trees in a real member; put a neighbour's data around this one
+        // so range scans that leak across groups are caught.
+        for neighbour in [2u32, 4, u32::MAX - 1] {
             let k = devicegrid::storage::group_key(neighbour, &7u64.to_be_bytes());
-            st.log
-                .insert(k, b"not an entry".to_vec())
-                .map_err(|e| io(e.to_string()))?;
+            st.log.insert(k, b"not an entry".to_vec()).map_err(io)?;
         }
-        let log = LogStore::new(st.clone(), 3);
-        let sm = StateMachineStore::open(st, GroupId::Partition(3), None)
-            .map_err(|e| io(e.to_string()))?;
+        let log = LogStore::new(st.clone(), self.group.to_key());
+        let sm = StateMachineStore::open(st, self.group, (self.make)()).map_err(io)?;
         Ok((dir, log, sm))
     }
 }
 
 #[test]
-fn sled_store_passes_the_openraft_suite() {
-    if let Err(e) = Suite::test_all(SledBuilder) {
-        panic!("openraft storage suite: {e}");
+fn partition_store_passes_the_openraft_suite() {
+    let builder = SledBuilder {
+        group: GroupId::Partition(3),
+        make: || PartitionMachine,
+    };
+    if let Err(e) = Suite::test_all(builder) {
+        panic!("openraft storage suite (partition): {e}");
+    }
+}
+
+#[test]
+fn metadata_store_passes_the_openraft_suite() {
+    let builder = SledBuilder {
+        group: GroupId::Meta,
+        make: || MetaMachine::new(tokio::sync::watch::channel(Default::default()).0),
+    };
+    if let Err(e) = Suite::test_all(builder) {
+        panic!("openraft storage suite (metadata): {e}");
     }
 }

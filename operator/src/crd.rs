@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 
+use devicegrid_proto::MemberState;
 use k8s_openapi::api::core::v1::{
     Affinity, ResourceRequirements, Toleration, TopologySpreadConstraint,
 };
@@ -211,13 +212,15 @@ pub struct DeviceGridStatus {
 }
 
 /// One grid member in the status.
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct MemberStatus {
     /// Member id (pod ordinal + 1).
     pub id: u64,
     /// `joining`, `active`, `draining` or `decommissioned`.
-    pub state: String,
+    // The wire contract has no schema; the CRD declares the state a string, as it always has.
+    #[schemars(with = "String")]
+    pub state: MemberState,
     /// Whether the member answers and is ready.
     pub ready: bool,
     /// Partition replicas it holds.

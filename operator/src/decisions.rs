@@ -9,13 +9,15 @@
 
 use std::time::Duration;
 
+use devicegrid_proto::MemberState;
+
 /// A member as the grid reports it (`GET /v1/members`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct GridMember {
     /// Member id (pod ordinal + 1).
     pub id: u64,
-    /// `joining`, `active`, `draining` or `decommissioned`.
-    pub state: String,
+    /// Lifecycle state.
+    pub state: MemberState,
     /// Replicas it still holds.
     pub partitions_held: u64,
 }
@@ -85,17 +87,17 @@ pub fn scale_step(
     let Some(m) = members.iter().find(|m| m.id == member) else {
         return ScaleStep::Drain { member };
     };
-    match m.state.as_str() {
-        "decommissioned" if m.partitions_held == 0 => ScaleStep::Shrink {
+    match m.state {
+        MemberState::Decommissioned if m.partitions_held == 0 => ScaleStep::Shrink {
             member,
             to: current - 1,
         },
-        "draining" | "decommissioned" => ScaleStep::WaitForDrain {
+        MemberState::Draining | MemberState::Decommissioned => ScaleStep::WaitForDrain {
             member,
             left: m.partitions_held,
             stalled: draining_for.is_some_and(|d| d > stall_after),
         },
-        _ => ScaleStep::Drain { member },
+        MemberState::Joining | MemberState::Active => ScaleStep::Drain { member },
     }
 }
 
@@ -132,10 +134,10 @@ pub fn next_pod_to_roll(
 mod tests {
     use super::*;
 
-    fn member(id: u64, state: &str, held: u64) -> GridMember {
+    fn member(id: u64, state: MemberState, held: u64) -> GridMember {
         GridMember {
             id,
-            state: state.into(),
+            state,
             partitions_held: held,
         }
     }
@@ -159,18 +161,18 @@ mod tests {
     #[test]
     fn scale_down_drains_the_highest_ordinal_before_shrinking() {
         let mut ms = vec![
-            member(1, "active", 163),
-            member(2, "active", 163),
-            member(3, "active", 163),
-            member(4, "active", 162),
-            member(5, "active", 162),
+            member(1, MemberState::Active, 163),
+            member(2, MemberState::Active, 163),
+            member(3, MemberState::Active, 163),
+            member(4, MemberState::Active, 162),
+            member(5, MemberState::Active, 162),
         ];
         // Desired 3 of 5: member 5 first, whatever the others do.
         assert_eq!(
             scale_step(3, 5, Some(&ms), None, STALL),
             ScaleStep::Drain { member: 5 }
         );
-        ms[4] = member(5, "draining", 40);
+        ms[4] = member(5, MemberState::Draining, 40);
         assert_eq!(
             scale_step(3, 5, Some(&ms), Some(Duration::from_secs(30)), STALL),
             ScaleStep::WaitForDrain {
@@ -187,13 +189,19 @@ mod tests {
                 stalled: true
             }
         );
-        ms[4] = member(5, "decommissioned", 0);
+        ms[4] = member(5, MemberState::Decommissioned, 0);
         assert_eq!(
             scale_step(3, 5, Some(&ms), None, STALL),
             ScaleStep::Shrink { member: 5, to: 4 }
         );
         // Then member 4, never both at once.
         ms.pop();
+        assert_eq!(
+            scale_step(3, 4, Some(&ms), None, STALL),
+            ScaleStep::Drain { member: 4 }
+        );
+        // A member still joining is drained too (the grid decommissions it at once).
+        ms[3] = member(4, MemberState::Joining, 0);
         assert_eq!(
             scale_step(3, 4, Some(&ms), None, STALL),
             ScaleStep::Drain { member: 4 }

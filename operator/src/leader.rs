@@ -21,20 +21,7 @@ use kube_lease_manager::LeaseManagerBuilder;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
-
-/// Errors of leader election.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    /// The Lease settings cannot work.
-    #[error("lease: {0}")]
-    Settings(String),
-    /// The Lease could not be read or written.
-    #[error("lease: {0}")]
-    Lease(#[from] kube_lease_manager::LeaseManagerError),
-    /// Another replica took the Lease while this one was leading.
-    #[error("lost the leader Lease {0}")]
-    LostLeadership(String),
-}
+use crate::{Error, Result};
 
 /// Which Lease and who this replica is.
 #[derive(Clone, Debug)]
@@ -53,15 +40,15 @@ pub struct LeaseConfig {
 
 impl LeaseConfig {
     /// Checks the timing rules kube-lease-manager would otherwise panic on.
-    pub fn validate(&self) -> Result<(), Error> {
+    pub fn validate(&self) -> Result<()> {
         let (d, g) = (self.duration.as_secs(), self.grace.as_secs());
         if g == 0 || d <= g {
-            return Err(Error::Settings(format!(
+            return Err(Error::LeaseSettings(format!(
                 "the lease duration ({d} s) must exceed the renew grace ({g} s), which must be at least 1 s"
             )));
         }
         if self.identity.is_empty() || self.name.is_empty() || self.namespace.is_empty() {
-            return Err(Error::Settings(
+            return Err(Error::LeaseSettings(
                 "lease name, namespace and identity must not be empty".into(),
             ));
         }
@@ -80,7 +67,7 @@ pub async fn while_leading<W>(
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
     work: W,
-) -> Result<(), Error>
+) -> Result<()>
 where
     W: Future<Output = ()>,
 {
@@ -134,7 +121,9 @@ where
         Err(e) => tracing::warn!(error = %e, "lease task"),
     }
     if outcome.is_ok() && !acquired && !shutdown.is_cancelled() {
-        return Err(Error::Settings("the lease task ended unexpectedly".into()));
+        return Err(Error::LeaseSettings(
+            "the lease task ended unexpectedly".into(),
+        ));
     }
     outcome
 }

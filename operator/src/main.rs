@@ -7,9 +7,10 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{ArgAction, Args, Parser, Subcommand};
+use devicegrid_operator::controller::{self, Context};
+use devicegrid_operator::grid_api::GridApi;
 use devicegrid_operator::leader::{self, LeaseConfig};
 use devicegrid_operator::metrics::{self, Metrics};
-use devicegrid_operator::reconciler::{self, Context, GridApi};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
@@ -144,7 +145,7 @@ async fn serve(run: Run) -> anyhow::Result<()> {
         metrics.clone(),
     );
     tracing::info!(namespaces = ?run.namespaces, "devicegrid-operator running");
-    let controllers = reconciler::run(ctx, run.namespaces, shutdown.clone());
+    let controllers = controller::run(ctx, run.namespaces, shutdown.clone());
     let outcome = if run.leader_election {
         leader::while_leading(client, &lease, metrics, shutdown.clone(), controllers).await
     } else {

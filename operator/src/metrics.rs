@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 /// Labels of reconcile failures.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ErrorLabels {
-    /// The error's kind ([`crate::reconciler::Error::metric_label`]).
+    /// The error's kind ([`crate::Error::metric_label`]).
     pub kind: String,
 }
 

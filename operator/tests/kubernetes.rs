@@ -19,6 +19,8 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use devicegrid_operator::crd::DeviceGrid;
+use devicegrid_operator::status::Phase;
+use devicegrid_proto::MemberState;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Service, ServiceAccount};
@@ -78,14 +80,14 @@ async fn sts_replicas(sts: &Api<StatefulSet>, name: &str, n: i32) {
 }
 
 /// Waits until the grid's condition `type_` has `reason` (and the phase is `phase`, if given).
-async fn condition(grids: &Api<DeviceGrid>, type_: &str, reason: &str, phase: Option<&str>) {
+async fn condition(grids: &Api<DeviceGrid>, type_: &str, reason: &str, phase: Option<Phase>) {
     wait(
         T,
         &format!("condition {type_}={reason} with phase {phase:?}"),
         || async move {
             let s = grids.get_status("fleet").await.ok()?.status?;
             let c = s.conditions.iter().find(|c| c.type_ == type_)?;
-            (c.reason == reason && phase.is_none_or(|p| s.phase.as_deref() == Some(p)))
+            (c.reason == reason && phase.is_none_or(|p| s.phase.as_deref() == Some(p.as_str())))
                 .then_some(())
         },
     )
@@ -293,14 +295,14 @@ async fn lifecycle_under_the_charts_service_account() {
     })
     .await;
     condition(&grids, "Progressing", "Draining", None).await;
-    condition(&grids, "Degraded", "DrainStalled", Some("Degraded")).await;
+    condition(&grids, "Degraded", "DrainStalled", Some(Phase::Degraded)).await;
     // Scaling back up mid-drain cannot bring member 5 back (members only move forward): it is
     // reported, not hidden. Then down again.
     grids
         .patch_scale("fleet", &PatchParams::default(), &Patch::Merge(&five))
         .await
         .expect("scale");
-    condition(&grids, "Degraded", "MemberRetired", Some("Degraded")).await;
+    condition(&grids, "Degraded", "MemberRetired", Some(Phase::Degraded)).await;
     grids
         .patch("fleet", &PatchParams::default(), &Patch::Merge(&down))
         .await
@@ -315,7 +317,7 @@ async fn lifecycle_under_the_charts_service_account() {
     {
         let mut f = fake.lock().expect("fake");
         if let Some(m) = f.view.members.iter_mut().find(|m| m.id == 5) {
-            m.state = "decommissioned".into();
+            m.state = MemberState::Decommissioned;
             m.partitions_held = 0;
         }
     }
@@ -333,7 +335,7 @@ async fn lifecycle_under_the_charts_service_account() {
         .patch("fleet", &PatchParams::default(), &Patch::Merge(&down))
         .await
         .expect("scale down");
-    condition(&grids, "Degraded", "DrainRefused", Some("Degraded")).await;
+    condition(&grids, "Degraded", "DrainRefused", Some(Phase::Degraded)).await;
     let sts = sts_api.get("fleet").await.expect("sts");
     assert_eq!(sts.spec.and_then(|s| s.replicas), Some(4));
 
@@ -508,7 +510,7 @@ async fn two_replicas_one_leader_and_a_roll_one_pod_at_a_time() {
         }
     };
     revision("r1").await;
-    condition(&grids, "Available", "PartitionsLed", Some("Running")).await;
+    condition(&grids, "Available", "PartitionsLed", Some(Phase::Running)).await;
     assert!(operators[standby]
         .metric("devicegrid_operator_reconciles_total")
         .await
@@ -529,7 +531,7 @@ async fn two_replicas_one_leader_and_a_roll_one_pod_at_a_time() {
     .await;
     revision("r2").await;
     pod_gone(&pods, 2).await;
-    condition(&grids, "Progressing", "Rolling", Some("Upgrading")).await;
+    condition(&grids, "Progressing", "Rolling", Some(Phase::Upgrading)).await;
     // While fleet-2 is away, nobody else goes.
     operators[leader].passes(2.0).await;
     assert_eq!(pods_present(&pods).await, ["fleet-0", "fleet-1"]);
@@ -555,7 +557,7 @@ async fn two_replicas_one_leader_and_a_roll_one_pod_at_a_time() {
     ready_pod(&pods, &labels, 1, "r2").await;
     pod_gone(&pods, 0).await;
     ready_pod(&pods, &labels, 0, "r2").await;
-    condition(&grids, "Progressing", "Steady", Some("Running")).await;
+    condition(&grids, "Progressing", "Steady", Some(Phase::Running)).await;
     assert_eq!(next.metric("devicegrid_operator_leader").await, Some(1.0));
 
     // Another holder in the Lease: the leader steps down (the process exits, to restart as a

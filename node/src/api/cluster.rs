@@ -8,11 +8,13 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::json;
 
+use devicegrid_proto::views::{PartitionView, ReadyView};
+
 use crate::cluster::Grid;
 
 /// `GET /v1/cluster`: members and partition health, from every member's own report.
 pub async fn cluster(State(grid): State<Arc<Grid>>) -> Response {
-    Json(grid.cluster_view().await).into_response()
+    Json(grid.views.cluster_view().await).into_response()
 }
 
 /// `GET /healthz`: the process serves HTTP.
@@ -22,15 +24,15 @@ pub async fn healthz(State(grid): State<Arc<Grid>>) -> Response {
 
 /// `GET /readyz`: bootstrapped, and every partition this member holds has a usable leader.
 pub async fn readyz(State(grid): State<Arc<Grid>>) -> Response {
-    let s = grid.status();
-    let body = json!({
-        "ready": s.ready,
-        "member": grid.id,
-        "bootstrapped": grid.meta_state().bootstrapped(),
-        "partitions_held": s.held.len(),
-        "partitions_led": s.led.len(),
-        "partitions_without_leader": s.leaderless.len(),
-    });
+    let s = grid.views.report();
+    let body = ReadyView {
+        ready: s.ready,
+        member: grid.id,
+        bootstrapped: grid.groups.meta_state().bootstrapped(),
+        partitions_held: s.held.len(),
+        partitions_led: s.led.len(),
+        partitions_without_leader: s.leaderless.len(),
+    };
     let code = if s.ready {
         StatusCode::OK
     } else {
@@ -41,7 +43,7 @@ pub async fn readyz(State(grid): State<Arc<Grid>>) -> Response {
 
 /// `GET /metrics`: OpenMetrics text.
 pub async fn metrics(State(grid): State<Arc<Grid>>) -> Response {
-    grid.metrics.observe_groups(&grid);
+    grid.metrics.observe(&grid.stats());
     (
         [(
             header::CONTENT_TYPE,
@@ -55,15 +57,13 @@ pub async fn metrics(State(grid): State<Arc<Grid>>) -> Response {
 /// `GET /v1/partitions`: the partition table: replicas (preferred leader first), version,
 /// and the move in progress, if any.
 pub async fn partitions(State(grid): State<Arc<Grid>>) -> Response {
-    let meta = grid.meta_state();
-    let table: Vec<serde_json::Value> = (0..meta.partition_count)
-        .map(|p| {
-            json!({
-                "partition": p,
-                "replicas": meta.replicas(p),
-                "version": meta.version(p),
-                "move": meta.moves.get(&p),
-            })
+    let meta = grid.groups.meta_state();
+    let table: Vec<PartitionView> = (0..meta.partition_count)
+        .map(|p| PartitionView {
+            partition: p,
+            replicas: meta.replicas(p).to_vec(),
+            version: meta.version(p),
+            moving: meta.moves.get(&p).cloned(),
         })
         .collect();
     Json(table).into_response()

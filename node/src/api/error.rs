@@ -1,12 +1,16 @@
-//! The one place where errors become HTTP statuses:
-//! `{"error": {"code": "...", "message": "..."}}`.
+//! The one place where errors become HTTP answers: the status is the code's
+//! ([`ErrorCode::status`]), the body `{"error": {"code", "message", ...}}` with the routing
+//! facts a smart client needs, and 503s carry `Retry-After`.
 
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde_json::json;
+use devicegrid_proto::{ErrorBody, ErrorCode, ErrorDetail};
 
 use crate::Error;
+
+/// How long a client should wait before retrying a 503.
+const RETRY_AFTER_MS: u64 = 1000;
 
 /// An [`Error`] on its way to the client.
 #[derive(Debug)]
@@ -20,48 +24,39 @@ impl From<Error> for ApiError {
 
 /// Status code of an error.
 pub fn status_of(e: &Error) -> StatusCode {
-    match e {
-        Error::BadRequest {
-            code: "body_too_large",
-            ..
-        } => StatusCode::PAYLOAD_TOO_LARGE,
-        Error::BadRequest {
-            code: "method_not_allowed",
-            ..
-        } => StatusCode::METHOD_NOT_ALLOWED,
-        Error::BadRequest { .. } => StatusCode::BAD_REQUEST,
-        Error::NotFound(_) => StatusCode::NOT_FOUND,
-        Error::Refused { code, .. } if code == "member_not_found" => StatusCode::NOT_FOUND,
-        Error::VersionMismatch { .. } => StatusCode::PRECONDITION_FAILED,
-        Error::ProcessorFailed { .. } | Error::Refused { .. } => StatusCode::CONFLICT,
-        Error::NotLeader { .. } | Error::NotDelivered { .. } | Error::Unavailable { .. } => {
-            StatusCode::SERVICE_UNAVAILABLE
-        }
-        Error::OutcomeUnknown { .. } => StatusCode::GATEWAY_TIMEOUT,
-        Error::Storage(_) | Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
-    }
+    StatusCode::from_u16(e.code().status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
 }
 
-/// The JSON body of an error.
-pub fn body_of(e: &Error) -> serde_json::Value {
-    let mut inner = json!({ "code": e.code(), "message": e.to_string() });
-    if let Error::VersionMismatch { current, .. } = e {
-        inner["current_version"] = json!(current);
+/// The inside of an error's body.
+pub fn detail_of(e: &Error) -> ErrorDetail {
+    let mut d = ErrorDetail::new(e.code(), e.to_string());
+    if let Error::VersionMismatch { current, .. } = e.inner() {
+        d.current_version = Some(*current);
     }
-    if status_of(e) == StatusCode::SERVICE_UNAVAILABLE {
-        inner["retry_after_ms"] = json!(1000);
+    if e.code().retryable() {
+        d.retry_after_ms = Some(RETRY_AFTER_MS);
     }
-    json!({ "error": inner })
+    if let Error::Routed { routing, .. } = e {
+        d.routing = routing.clone();
+    }
+    d
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = status_of(&self.0);
-        if status.is_server_error() && status != StatusCode::SERVICE_UNAVAILABLE {
+        if status.is_server_error() && !self.0.code().retryable() {
             tracing::error!(error = %self.0, "request failed");
         }
-        let mut resp = (status, Json(body_of(&self.0))).into_response();
-        if status == StatusCode::SERVICE_UNAVAILABLE {
+        let retry = self.0.code().retryable();
+        let mut resp = (
+            status,
+            Json(ErrorBody {
+                error: detail_of(&self.0),
+            }),
+        )
+            .into_response();
+        if retry {
             resp.headers_mut()
                 .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
         }
@@ -77,7 +72,113 @@ pub async fn no_route() -> ApiError {
 /// JSON 405 for known routes with another method.
 pub async fn method_not_allowed() -> ApiError {
     ApiError(Error::bad_request(
-        "method_not_allowed",
+        ErrorCode::MethodNotAllowed,
         "method not allowed on this route",
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use devicegrid_proto::{LeaderHint, Routing};
+
+    use super::*;
+    use crate::raft::GroupId;
+
+    async fn answer(e: Error) -> (StatusCode, Option<String>, ErrorBody) {
+        let resp = ApiError(e).into_response();
+        let status = resp.status();
+        let retry = resp
+            .headers()
+            .get(header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20)
+            .await
+            .expect("body");
+        (
+            status,
+            retry,
+            serde_json::from_slice(&bytes).expect("error body"),
+        )
+    }
+
+    #[tokio::test]
+    async fn partition_errors_carry_routing_facts() {
+        let routing = Routing {
+            partition: Some(12),
+            leader: Some(LeaderHint {
+                id: 3,
+                address: Some("10.0.0.3:7001".into()),
+            }),
+            partition_version: Some(4),
+            table_version: Some(57),
+        };
+        let e = Error::Unavailable {
+            group: GroupId::Partition(12),
+            message: "no leader answered".into(),
+        }
+        .routed(routing.clone());
+        let (status, retry, body) = answer(e).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(retry.as_deref(), Some("1"));
+        assert_eq!(body.error.code, ErrorCode::Unavailable);
+        assert_eq!(body.error.routing, routing);
+        assert_eq!(body.error.retry_after_ms, Some(RETRY_AFTER_MS));
+
+        let e = Error::OutcomeUnknown {
+            group: GroupId::Partition(12),
+            message: "no commit".into(),
+        }
+        .routed(routing.clone());
+        let (status, retry, body) = answer(e).await;
+        assert_eq!(status, StatusCode::GATEWAY_TIMEOUT);
+        assert_eq!((retry, body.error.retry_after_ms), (None, None));
+        assert_eq!(body.error.routing.leader, routing.leader);
+    }
+
+    #[tokio::test]
+    async fn statuses_follow_the_codes() {
+        let cases = [
+            (
+                Error::bad_request(ErrorCode::BodyTooLarge, "big"),
+                413,
+                ErrorCode::BodyTooLarge,
+            ),
+            (
+                Error::VersionMismatch {
+                    expected: 2,
+                    current: None,
+                },
+                412,
+                ErrorCode::VersionMismatch,
+            ),
+            (
+                Error::Refused {
+                    code: ErrorCode::MemberNotFound,
+                    message: "no".into(),
+                },
+                404,
+                ErrorCode::MemberNotFound,
+            ),
+            (
+                Error::Overloaded {
+                    group: GroupId::Partition(1),
+                    message: "full".into(),
+                },
+                503,
+                ErrorCode::Overloaded,
+            ),
+            (Error::Internal("x".into()), 500, ErrorCode::Internal),
+        ];
+        for (e, status, code) in cases {
+            let (s, _, body) = answer(e).await;
+            assert_eq!((s.as_u16(), body.error.code), (status, code));
+        }
+        let (_, _, body) = answer(Error::VersionMismatch {
+            expected: 2,
+            current: Some(5),
+        })
+        .await;
+        assert_eq!(body.error.current_version, Some(Some(5)));
+    }
 }

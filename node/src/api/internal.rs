@@ -24,7 +24,7 @@ pub async fn peer(State(grid): State<Arc<Grid>>, body: Bytes) -> Response {
                 .into_response()
         }
     };
-    let answers = futures::future::join_all(reqs.into_iter().map(|r| grid.handle_peer(r))).await;
+    let answers = futures::future::join_all(reqs.into_iter().map(|r| grid.peers.handle(r))).await;
     match encode(&answers) {
         Ok(bytes) => (
             [(axum::http::header::CONTENT_TYPE, "application/msgpack")],

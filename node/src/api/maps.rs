@@ -12,8 +12,15 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
 use serde_json::value::RawValue;
-use serde_json::{json, Value};
+use serde_json::Value;
 
+use devicegrid_proto::maps::{
+    BatchGet, BatchGetResult, BatchGetResults, BatchPut, BatchPutResult, BatchPutResults,
+    Consistency, Deleted, Entry, Written, MAX_BATCH_KEYS, PROCESSORS,
+};
+use devicegrid_proto::ErrorCode;
+
+use super::error::detail_of;
 use super::ApiError;
 use crate::cluster::Grid;
 use crate::structures::map::{
@@ -22,11 +29,8 @@ use crate::structures::map::{
 use crate::structures::processor::{self, Processor};
 use crate::{Error, Result};
 
-/// Most keys in one batch request.
-pub const MAX_BATCH_KEYS: usize = 1000;
 /// Longest accepted TTL: ten years, in seconds.
 const MAX_TTL_SECONDS: u64 = 10 * 365 * 24 * 3600;
-const PROCESSORS: [&str; 4] = ["merge_patch", "increment", "update_if", "shadow"];
 
 /// Query parameters of map routes.
 #[derive(Debug, Default, Deserialize)]
@@ -48,7 +52,7 @@ fn check_map(map: &str) -> Result<()> {
         Ok(())
     } else {
         Err(Error::bad_request(
-            "invalid_map_name",
+            ErrorCode::InvalidMapName,
             format!("map names are 1-{MAX_MAP_NAME_BYTES} characters of A-Z a-z 0-9 _ - ."),
         ))
     }
@@ -57,13 +61,13 @@ fn check_map(map: &str) -> Result<()> {
 fn check_key(key: &str) -> Result<()> {
     if key.is_empty() || key.len() > MAX_KEY_BYTES {
         return Err(Error::bad_request(
-            "invalid_key",
+            ErrorCode::InvalidKey,
             format!("keys are 1-{MAX_KEY_BYTES} bytes"),
         ));
     }
     if key.chars().any(char::is_control) {
         return Err(Error::bad_request(
-            "invalid_key",
+            ErrorCode::InvalidKey,
             "keys must not contain control characters",
         ));
     }
@@ -71,7 +75,8 @@ fn check_key(key: &str) -> Result<()> {
 }
 
 fn path_pair(path: Result<Path<(String, String)>, PathRejection>) -> Result<(String, String)> {
-    let Path((map, key)) = path.map_err(|e| Error::bad_request("invalid_path", e.body_text()))?;
+    let Path((map, key)) =
+        path.map_err(|e| Error::bad_request(ErrorCode::InvalidPath, e.body_text()))?;
     check_map(&map)?;
     check_key(&key)?;
     Ok((map, key))
@@ -81,11 +86,11 @@ fn body_bytes(body: Result<Bytes, BytesRejection>) -> Result<Bytes> {
     body.map_err(|e| {
         if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
             Error::bad_request(
-                "body_too_large",
+                ErrorCode::BodyTooLarge,
                 format!("request bodies are limited (values: {MAX_VALUE_BYTES} bytes)"),
             )
         } else {
-            Error::bad_request("invalid_body", e.body_text())
+            Error::bad_request(ErrorCode::InvalidBody, e.body_text())
         }
     })
 }
@@ -94,31 +99,36 @@ fn body_bytes(body: Result<Bytes, BytesRejection>) -> Result<Bytes> {
 fn json_text(bytes: &[u8]) -> Result<String> {
     if bytes.len() > MAX_VALUE_BYTES {
         return Err(Error::bad_request(
-            "body_too_large",
+            ErrorCode::BodyTooLarge,
             format!("values are limited to {MAX_VALUE_BYTES} bytes"),
         ));
     }
-    let raw: &RawValue = serde_json::from_slice(bytes)
-        .map_err(|e| Error::bad_request("invalid_json", format!("the body is not JSON: {e}")))?;
+    let raw: &RawValue = serde_json::from_slice(bytes).map_err(|e| {
+        Error::bad_request(ErrorCode::InvalidJson, format!("the body is not JSON: {e}"))
+    })?;
     Ok(raw.get().to_string())
 }
 
 fn parse_json<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T> {
-    serde_json::from_slice(bytes)
-        .map_err(|e| Error::bad_request("invalid_json", format!("the body is not valid: {e}")))
+    serde_json::from_slice(bytes).map_err(|e| {
+        Error::bad_request(
+            ErrorCode::InvalidJson,
+            format!("the body is not valid: {e}"),
+        )
+    })
 }
 
 fn query(q: Result<Query<MapQuery>, QueryRejection>) -> Result<MapQuery> {
     q.map(|Query(q)| q)
-        .map_err(|e| Error::bad_request("invalid_query", e.body_text()))
+        .map_err(|e| Error::bad_request(ErrorCode::InvalidQuery, e.body_text()))
 }
 
 fn stale(consistency: Option<&str>) -> Result<bool> {
-    match consistency {
-        None | Some("linearizable") => Ok(false),
-        Some("stale") => Ok(true),
-        Some(other) => Err(Error::bad_request(
-            "invalid_consistency",
+    match consistency.map(|c| (c, Consistency::parse(c))) {
+        None | Some((_, Some(Consistency::Linearizable))) => Ok(false),
+        Some((_, Some(Consistency::Stale))) => Ok(true),
+        Some((other, None)) => Err(Error::bad_request(
+            ErrorCode::InvalidConsistency,
             format!("consistency must be linearizable or stale, not {other:?}"),
         )),
     }
@@ -134,7 +144,7 @@ fn ttl_seconds_ms(seconds: Option<u64>, shown: &str) -> Result<u64> {
     match seconds {
         Some(s) if (1..=MAX_TTL_SECONDS).contains(&s) => Ok(s * 1000),
         _ => Err(Error::bad_request(
-            "invalid_ttl",
+            ErrorCode::InvalidTtl,
             format!("ttl is whole seconds between 1 and {MAX_TTL_SECONDS}, not {shown:?}"),
         )),
     }
@@ -146,7 +156,7 @@ fn if_version(headers: &HeaderMap) -> Result<Option<u64>> {
         let s = v.to_str().unwrap_or("").trim().trim_matches('"');
         return s.parse::<u64>().map(Some).map_err(|_| {
             Error::bad_request(
-                "invalid_version",
+                ErrorCode::InvalidVersion,
                 "If-Match must be an entry version (a non-negative integer)",
             )
         });
@@ -156,23 +166,28 @@ fn if_version(headers: &HeaderMap) -> Result<Option<u64>> {
             return Ok(Some(0));
         }
         return Err(Error::bad_request(
-            "invalid_version",
+            ErrorCode::InvalidVersion,
             "only If-None-Match: * is supported",
         ));
     }
     Ok(None)
 }
 
-fn record_json(key: &str, r: &Record) -> Value {
-    let value: Value = serde_json::from_str(&r.value).unwrap_or(Value::Null);
-    let mut v = json!({ "key": key, "value": value, "version": r.version });
-    if let Some(t) = r.expires_at_ms {
-        v["expires_at_ms"] = json!(t);
-    }
-    v
+/// A stored value as JSON (values are checked JSON when written).
+fn value_of(text: &str) -> Value {
+    serde_json::from_str(text).unwrap_or(Value::Null)
 }
 
-fn with_etag(version: u64, body: Value) -> Response {
+fn entry(key: &str, r: &Record) -> Entry {
+    Entry {
+        key: key.to_string(),
+        value: value_of(&r.value),
+        version: r.version,
+        expires_at_ms: r.expires_at_ms,
+    }
+}
+
+fn with_etag(version: u64, body: impl serde::Serialize) -> Response {
     let mut resp = Json(body).into_response();
     if let Ok(v) = header::HeaderValue::from_str(&format!("\"{version}\"")) {
         resp.headers_mut().insert(header::ETAG, v);
@@ -181,8 +196,9 @@ fn with_etag(version: u64, body: Value) -> Response {
 }
 
 async fn write_one(grid: &Grid, key: &str, op: MapOp) -> Result<OpOutcome> {
-    let p = grid.partition_for(key)?;
-    grid.write(p, vec![op])
+    let p = grid.router.partition_for(key)?;
+    grid.router
+        .write(p, vec![op])
         .await?
         .into_iter()
         .next()
@@ -222,7 +238,7 @@ pub async fn put_entry(
         ttl_ms,
     };
     match write_one(&grid, &key, op).await? {
-        OpOutcome::Written { version, .. } => Ok(with_etag(version, json!({ "version": version }))),
+        OpOutcome::Written { version, .. } => Ok(with_etag(version, Written { version })),
         other => Err(outcome_error(&key, if_version, other).into()),
     }
 }
@@ -237,17 +253,18 @@ pub async fn get_entry(
     let q = query(q)?;
     let stale = stale(q.consistency.as_deref())?;
     if q.ttl.is_some() {
-        return Err(Error::bad_request("invalid_query", "ttl applies to writes").into());
+        return Err(Error::bad_request(ErrorCode::InvalidQuery, "ttl applies to writes").into());
     }
-    let p = grid.partition_for(&key)?;
+    let p = grid.router.partition_for(&key)?;
     let rec = grid
+        .router
         .read(p, vec![(map, key.clone())], stale)
         .await?
         .into_iter()
         .next()
         .flatten();
     match rec {
-        Some(r) => Ok(with_etag(r.version, record_json(&key, &r))),
+        Some(r) => Ok(with_etag(r.version, entry(&key, &r))),
         None => Err(Error::NotFound(format!("no entry {key:?}")).into()),
     }
 }
@@ -257,7 +274,7 @@ pub async fn delete_entry(
     State(grid): State<Arc<Grid>>,
     path: Result<Path<(String, String)>, PathRejection>,
     headers: HeaderMap,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Deleted>, ApiError> {
     let (map, key) = path_pair(path)?;
     let if_version = if_version(&headers)?;
     let op = MapOp::Delete {
@@ -266,9 +283,11 @@ pub async fn delete_entry(
         if_version,
     };
     match write_one(&grid, &key, op).await? {
-        OpOutcome::Deleted { version } => Ok(Json(
-            json!({ "key": key, "deleted": true, "version": version }),
-        )),
+        OpOutcome::Deleted { version } => Ok(Json(Deleted {
+            key,
+            deleted: true,
+            version,
+        })),
         other => Err(outcome_error(&key, if_version, other).into()),
     }
 }
@@ -282,13 +301,13 @@ fn parse_processor(bytes: &[u8]) -> Result<Processor> {
         .map(str::to_string)
         .ok_or_else(|| {
             Error::bad_request(
-                "invalid_processor",
+                ErrorCode::InvalidProcessor,
                 "the body names a processor: {\"processor\": \"...\", \"args\": {...}}",
             )
         })?;
     if !PROCESSORS.contains(&name.as_str()) {
         return Err(Error::bad_request(
-            "unknown_processor",
+            ErrorCode::UnknownProcessor,
             format!(
                 "unknown processor {name:?}; known: {}",
                 PROCESSORS.join(", ")
@@ -296,10 +315,10 @@ fn parse_processor(bytes: &[u8]) -> Result<Processor> {
         ));
     }
     let p: Processor = serde_json::from_value(v)
-        .map_err(|e| Error::bad_request("invalid_processor_args", format!("{name}: {e}")))?;
+        .map_err(|e| Error::bad_request(ErrorCode::InvalidProcessorArgs, format!("{name}: {e}")))?;
     processor::validate(&p).map_err(|r| {
         Error::bad_request(
-            "invalid_processor_args",
+            ErrorCode::InvalidProcessorArgs,
             format!("{}: {}", r.code, r.message),
         )
     })?;
@@ -320,48 +339,21 @@ pub async fn process_entry(
         processor,
     };
     match write_one(&grid, &key, op).await? {
-        OpOutcome::Written { version, value } => {
-            let value: Value = value
-                .as_deref()
-                .and_then(|v| serde_json::from_str(v).ok())
-                .unwrap_or(Value::Null);
-            Ok(with_etag(
+        OpOutcome::Written { version, value } => Ok(with_etag(
+            version,
+            Entry {
+                key,
+                value: value.as_deref().map_or(Value::Null, value_of),
                 version,
-                json!({ "key": key, "value": value, "version": version }),
-            ))
-        }
+                expires_at_ms: None,
+            },
+        )),
         other => Err(outcome_error(&key, None, other).into()),
     }
 }
 
-/// One entry of a batch put.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct BatchEntry {
-    key: String,
-    value: Box<RawValue>,
-    #[serde(default)]
-    ttl: Option<u64>,
-}
-
-/// Body of `POST /v1/batch/maps/{map}/put`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct BatchPut {
-    entries: Vec<BatchEntry>,
-}
-
-/// Body of `POST /v1/batch/maps/{map}/get`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct BatchGet {
-    keys: Vec<String>,
-    #[serde(default)]
-    consistency: Option<String>,
-}
-
 fn batch_map(path: Result<Path<String>, PathRejection>) -> Result<String> {
-    let Path(map) = path.map_err(|e| Error::bad_request("invalid_path", e.body_text()))?;
+    let Path(map) = path.map_err(|e| Error::bad_request(ErrorCode::InvalidPath, e.body_text()))?;
     check_map(&map)?;
     Ok(map)
 }
@@ -369,15 +361,11 @@ fn batch_map(path: Result<Path<String>, PathRejection>) -> Result<String> {
 fn check_batch_len(n: usize) -> Result<()> {
     if n == 0 || n > MAX_BATCH_KEYS {
         return Err(Error::bad_request(
-            "invalid_batch",
+            ErrorCode::InvalidBatch,
             format!("a batch holds 1-{MAX_BATCH_KEYS} keys, not {n}"),
         ));
     }
     Ok(())
-}
-
-fn error_json(e: &Error) -> Value {
-    super::error::body_of(e)["error"].clone()
 }
 
 /// Groups item indexes by partition.
@@ -387,7 +375,10 @@ fn by_partition<'a>(
 ) -> Result<BTreeMap<u32, Vec<usize>>> {
     let mut parts: BTreeMap<u32, Vec<usize>> = BTreeMap::new();
     for (i, k) in keys.enumerate() {
-        parts.entry(grid.partition_for(k)?).or_default().push(i);
+        parts
+            .entry(grid.router.partition_for(k)?)
+            .or_default()
+            .push(i);
     }
     Ok(parts)
 }
@@ -398,7 +389,7 @@ pub async fn batch_put(
     State(grid): State<Arc<Grid>>,
     path: Result<Path<String>, PathRejection>,
     body: Result<Bytes, BytesRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<BatchPutResults>, ApiError> {
     let map = batch_map(path)?;
     let req: BatchPut = parse_json(&body_bytes(body)?)?;
     check_batch_len(req.entries.len())?;
@@ -407,7 +398,7 @@ pub async fn batch_put(
         check_key(&e.key)?;
         if e.value.get().len() > MAX_VALUE_BYTES {
             return Err(Error::bad_request(
-                "body_too_large",
+                ErrorCode::BodyTooLarge,
                 format!("values are limited to {MAX_VALUE_BYTES} bytes"),
             )
             .into());
@@ -428,26 +419,33 @@ pub async fn batch_put(
     let calls = parts.into_iter().map(|(p, idx)| {
         let ops: Vec<MapOp> = idx.iter().map(|i| ops[*i].clone()).collect();
         let grid = grid.clone();
-        async move { (idx, grid.write(p, ops).await) }
+        async move { (idx, grid.router.write(p, ops).await) }
     });
-    let mut results = vec![Value::Null; req.entries.len()];
+    let mut results: Vec<BatchPutResult> = req
+        .entries
+        .iter()
+        .map(|e| BatchPutResult {
+            key: e.key.clone(),
+            version: None,
+            error: None,
+        })
+        .collect();
     for (idx, outcome) in futures::future::join_all(calls).await {
         for (n, i) in idx.iter().enumerate() {
-            let key = &req.entries[*i].key;
-            results[*i] = match &outcome {
+            let r = &mut results[*i];
+            match &outcome {
                 Ok(o) => match o.get(n) {
-                    Some(OpOutcome::Written { version, .. }) => {
-                        json!({ "key": key, "version": version })
-                    }
+                    Some(OpOutcome::Written { version, .. }) => r.version = Some(*version),
                     other => {
-                        json!({ "key": key, "error": { "code": "internal", "message": format!("{other:?}") } })
+                        let e = Error::Internal(format!("unexpected outcome {other:?}"));
+                        r.error = Some(detail_of(&e));
                     }
                 },
-                Err(e) => json!({ "key": key, "error": error_json(e) }),
-            };
+                Err(e) => r.error = Some(detail_of(e)),
+            }
         }
     }
-    Ok(Json(json!({ "results": results })))
+    Ok(Json(BatchPutResults { results }))
 }
 
 /// `POST /v1/batch/maps/{map}/get`.
@@ -455,7 +453,7 @@ pub async fn batch_get(
     State(grid): State<Arc<Grid>>,
     path: Result<Path<String>, PathRejection>,
     body: Result<Bytes, BytesRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<BatchGetResults>, ApiError> {
     let map = batch_map(path)?;
     let req: BatchGet = parse_json(&body_bytes(body)?)?;
     check_batch_len(req.keys.len())?;
@@ -470,24 +468,36 @@ pub async fn batch_get(
             .map(|i| (map.clone(), req.keys[*i].clone()))
             .collect();
         let grid = grid.clone();
-        async move { (idx, grid.read(p, keys, stale).await) }
+        async move { (idx, grid.router.read(p, keys, stale).await) }
     });
-    let mut entries = vec![Value::Null; req.keys.len()];
+    let mut entries: Vec<BatchGetResult> = req
+        .keys
+        .iter()
+        .map(|key| BatchGetResult {
+            key: key.clone(),
+            found: None,
+            value: None,
+            version: None,
+            expires_at_ms: None,
+            error: None,
+        })
+        .collect();
     for (idx, records) in futures::future::join_all(calls).await {
         for (n, i) in idx.iter().enumerate() {
-            let key = &req.keys[*i];
-            entries[*i] = match &records {
-                Ok(r) => match r.get(n).cloned().flatten() {
-                    Some(rec) => {
-                        let mut v = record_json(key, &rec);
-                        v["found"] = json!(true);
-                        v
+            let r = &mut entries[*i];
+            match &records {
+                Ok(found) => {
+                    let rec = found.get(n).cloned().flatten();
+                    r.found = Some(rec.is_some());
+                    if let Some(rec) = rec {
+                        r.value = Some(value_of(&rec.value));
+                        r.version = Some(rec.version);
+                        r.expires_at_ms = rec.expires_at_ms;
                     }
-                    None => json!({ "key": key, "found": false }),
-                },
-                Err(e) => json!({ "key": key, "error": error_json(e) }),
-            };
+                }
+                Err(e) => r.error = Some(detail_of(e)),
+            }
         }
     }
-    Ok(Json(json!({ "entries": entries })))
+    Ok(Json(BatchGetResults { entries }))
 }

@@ -8,20 +8,22 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 
+use devicegrid_proto::ErrorCode;
+
 use super::ApiError;
-use crate::cluster::meta::{MetaCommand, MetaOutcome};
 use crate::cluster::Grid;
 use crate::raft::NodeId;
+use crate::structures::meta::MetaCommand;
 use crate::{Error, Result};
 
 fn member_id(path: Result<Path<String>, PathRejection>) -> Result<NodeId> {
-    let Path(id) = path.map_err(|e| Error::bad_request("invalid_path", e.body_text()))?;
+    let Path(id) = path.map_err(|e| Error::bad_request(ErrorCode::InvalidPath, e.body_text()))?;
     id.parse::<NodeId>()
         .ok()
         .filter(|id| *id > 0)
         .ok_or_else(|| {
             Error::bad_request(
-                "invalid_member_id",
+                ErrorCode::InvalidMemberId,
                 format!("member id {id:?} is not a positive number"),
             )
         })
@@ -29,7 +31,7 @@ fn member_id(path: Result<Path<String>, PathRejection>) -> Result<NodeId> {
 
 /// `GET /v1/members`: every registered member with its state and replicas.
 pub async fn list(State(grid): State<Arc<Grid>>) -> Response {
-    Json(grid.cluster_view().await.members).into_response()
+    Json(grid.views.cluster_view().await.members).into_response()
 }
 
 /// `GET /v1/members/{id}`: state (`joining`, `active`, `draining`, `decommissioned`),
@@ -39,7 +41,7 @@ pub async fn get(
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Response, ApiError> {
     let id = member_id(path)?;
-    match grid.member_view(id).await {
+    match grid.views.member_view(id).await {
         Some(m) => Ok(Json(m).into_response()),
         None => Err(Error::NotFound(format!("member {id} is not a member")).into()),
     }
@@ -55,11 +57,7 @@ pub async fn drain(
     let id = member_id(path)?;
     // Decided by the metadata group in log order, not from this member's possibly stale
     // view: "not a member" (404 `member_not_found`) is an answer the operator shrinks on.
-    if let MetaOutcome::Refused { code, message } =
-        grid.propose_meta(MetaCommand::Drain { id }).await?
-    {
-        return Err(Error::Refused { code, message }.into());
-    }
-    let view = grid.member_view(id).await;
+    grid.meta.commit(MetaCommand::Drain { id }).await?;
+    let view = grid.views.member_view(id).await;
     Ok((StatusCode::ACCEPTED, Json(view)).into_response())
 }

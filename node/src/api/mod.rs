@@ -86,9 +86,9 @@ async fn observe(State(grid): State<Arc<Grid>>, req: Request, next: Next) -> Res
     resp
 }
 
-/// Serves `grid` on `listener` until the grid shuts down.
+/// Serves `grid` on `listener` until the grid stops.
 pub async fn serve(grid: Arc<Grid>, listener: TcpListener) -> std::io::Result<()> {
-    let token = grid.shutdown_token().clone();
+    let token = grid.tasks().token().clone();
     axum::serve(listener, router(grid))
         .with_graceful_shutdown(async move { token.cancelled().await })
         .await

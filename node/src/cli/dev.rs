@@ -15,6 +15,8 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+use devicegrid_proto::views::{ClusterView, MemberView};
+use devicegrid_proto::{ErrorBody, MemberState};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
@@ -406,8 +408,12 @@ fn http() -> anyhow::Result<reqwest::Client> {
         .build()?)
 }
 
-/// `GET path` from the first member that answers.
-async fn get_any(http: &reqwest::Client, file: &DevFile, path: &str) -> Option<serde_json::Value> {
+/// `GET path` from the first member that answers, as `T`.
+async fn get_any<T: serde::de::DeserializeOwned>(
+    http: &reqwest::Client,
+    file: &DevFile,
+    path: &str,
+) -> Option<T> {
     for id in file.members() {
         let url = format!("http://127.0.0.1:{}{path}", file.port(id));
         if let Ok(r) = http.get(&url).send().await {
@@ -427,33 +433,36 @@ async fn follow(http: &reqwest::Client, dir: &Path, timeout: Duration) -> anyhow
     let mut last = String::new();
     loop {
         let file = running_grid(dir)?;
-        if let Some(v) = get_any(http, &file, "/v1/cluster").await {
-            let counts: Vec<String> = v["members"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter(|m| m["state"] != "decommissioned")
+        if let Some(v) = get_any::<ClusterView>(http, &file, "/v1/cluster").await {
+            let counts: Vec<String> = v
+                .members
+                .iter()
+                .filter(|m| m.state != MemberState::Decommissioned)
                 .map(|m| {
                     format!(
                         "{}:{}/{}{}",
-                        m["id"],
-                        m["partitions_held"],
-                        m["partitions_led"],
-                        if m["state"] == "active" { "" } else { "*" }
+                        m.id,
+                        m.partitions_held,
+                        m.partitions_led,
+                        if m.state == MemberState::Active {
+                            ""
+                        } else {
+                            "*"
+                        }
                     )
                 })
                 .collect();
             let line = format!(
                 "moves {} (finished {}), replicas/leaders per member {}",
-                v["balance"]["moves_in_progress"],
-                v["balance"]["moves_finished"],
+                v.balance.moves_in_progress,
+                v.balance.moves_finished,
                 counts.join(" ")
             );
             if line != last {
                 say!("{line}");
                 last = line;
             }
-            if v["balance"]["balanced"] == true {
+            if v.balance.balanced {
                 return Ok(());
             }
         }
@@ -471,7 +480,10 @@ async fn add(count: u32, args: ChangeArgs) -> anyhow::Result<()> {
     }
     let mut file = running_grid(&args.data_dir)?;
     let http = http()?;
-    if get_any(&http, &file, "/healthz").await.is_none() {
+    if get_any::<serde_json::Value>(&http, &file, "/healthz")
+        .await
+        .is_none()
+    {
         bail!(
             "no member of the grid in {} answers: is `devicegrid dev` running?",
             args.data_dir.display()
@@ -542,9 +554,8 @@ async fn drain(id: u32, args: ChangeArgs) -> anyhow::Result<()> {
         bail!("no member of the grid answers: is `devicegrid dev` running?");
     };
     if !status.is_success() {
-        let message = serde_json::from_str::<serde_json::Value>(&body)
-            .ok()
-            .and_then(|v| v["error"]["message"].as_str().map(str::to_string))
+        let message = serde_json::from_str::<ErrorBody>(&body)
+            .map(|b| b.error.message)
             .unwrap_or(body);
         bail!("drain refused ({status}): {message}");
     }
@@ -552,13 +563,13 @@ async fn drain(id: u32, args: ChangeArgs) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(args.timeout);
     loop {
         let file = running_grid(&args.data_dir)?;
-        if let Some(m) = get_any(&http, &file, &format!("/v1/members/{id}")).await {
-            let state = m["state"].as_str().unwrap_or("unknown");
+        if let Some(m) = get_any::<MemberView>(&http, &file, &format!("/v1/members/{id}")).await {
             say!(
-                "member {id}: {state}, {} replicas left",
-                m["partitions_held"]
+                "member {id}: {}, {} replicas left",
+                m.state,
+                m.partitions_held
             );
-            if m["state"] == "decommissioned" {
+            if m.state == MemberState::Decommissioned {
                 break;
             }
         }

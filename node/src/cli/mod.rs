@@ -12,8 +12,8 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use devicegrid::config::{Config, Seed};
 use devicegrid::metrics::Metrics;
+use devicegrid::runtime::Tasks;
 use devicegrid::{api, cluster::Grid};
-use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
 #[command(
@@ -98,6 +98,12 @@ struct ServeArgs {
     /// A member not answering pings this long is down, ms [default: 2000].
     #[arg(long, env = "DEVICEGRID_MEMBER_DOWN_AFTER_MS")]
     member_down_after_ms: Option<u64>,
+    /// Writes waiting in one group before more are refused with 503 overloaded [default: 4096].
+    #[arg(long, env = "DEVICEGRID_MAX_QUEUED_WRITES")]
+    max_queued_writes: Option<usize>,
+    /// Requests waiting for one peer and lane before more are refused [default: 16384].
+    #[arg(long, env = "DEVICEGRID_MAX_QUEUED_PEER_REQUESTS")]
+    max_queued_peer_requests: Option<usize>,
     /// Stop (SIGTERM) when the process with this pid, our parent, exits. Set by `dev`.
     #[arg(long, hide = true)]
     parent_pid: Option<u32>,
@@ -130,7 +136,9 @@ impl ServeArgs {
             failure_grace_ms,
             max_moves,
             move_stalled_after_ms,
-            member_down_after_ms
+            member_down_after_ms,
+            max_queued_writes,
+            max_queued_peer_requests
         );
         if self.advertise.is_some() {
             c.advertise = self.advertise;
@@ -147,7 +155,7 @@ impl ServeArgs {
         if self.peer_source_ip.is_some() {
             c.peer_source_ip = self.peer_source_ip;
         }
-        c.validate().map_err(anyhow::Error::msg)?;
+        c.validate()?;
         Ok(c)
     }
 }
@@ -203,24 +211,29 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("binding {}", config.listen))?;
-    let shutdown = CancellationToken::new();
-    let grid = Grid::start(config, Arc::new(Metrics::new()), shutdown.clone()).await?;
+    let grid = Grid::start(config, Arc::new(Metrics::new()), Tasks::new()).await?;
     tracing::info!(member = grid.id, addr = %grid.config.advertised(), "member started");
-    let server = tokio::spawn(api::serve(grid.clone(), listener));
-    wait_for_signal().await;
+    // The server belongs to the member's task tree: stopping the member ends it gracefully.
+    let server = grid.clone();
+    grid.tasks().spawn_to_end(async move {
+        if let Err(e) = api::serve(server.clone(), listener).await {
+            tracing::error!(error = %e, "HTTP server");
+            server.tasks().cancel();
+        }
+    });
+    tokio::select! {
+        _ = wait_for_signal() => {}
+        _ = grid.tasks().token().cancelled() => {}
+    }
     tracing::info!("stopping");
     // A stop is bounded: whatever has not wound down by then is cut off. Every write the
     // member acknowledged is already on disk, so exiting early loses nothing.
-    if tokio::time::timeout(STOP_GRACE, grid.stop()).await.is_err() {
-        tracing::warn!(grace = ?STOP_GRACE, "not stopped within the grace period; exiting");
-        let _ = grid.storage.flusher.flush().await;
-        return Ok(());
+    match grid.stop(STOP_GRACE).await {
+        0 => tracing::info!("stopped"),
+        left => {
+            tracing::warn!(grace = ?STOP_GRACE, left, "tasks still running after the grace period; exiting")
+        }
     }
-    server
-        .await
-        .context("HTTP server task")?
-        .context("HTTP server")?;
-    tracing::info!("stopped");
     Ok(())
 }
 

@@ -17,11 +17,15 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use crate::cluster::meta::{MemberState, MetaCommand, MetaOutcome, MetaState};
-use crate::cluster::Grid;
+use crate::cluster::groups::Groups;
+use crate::cluster::liveness::Liveness;
+use crate::cluster::meta_client::MetaClient;
 use crate::config::{Config, Seed};
 use crate::raft::{GroupId, MemberNode, NodeId};
+use crate::structures::meta::{MemberState, MetaCommand, MetaState};
 use crate::{Error, Result};
+use devicegrid_proto::ErrorCode;
+use tokio_util::sync::CancellationToken;
 
 /// How long a committed Join may take to show in this member's metadata before it is sent
 /// again.
@@ -50,7 +54,7 @@ pub fn check_identity(config: &Config) -> Result<()> {
                 .map_err(|e| Error::Storage(format!("{}: {e}", path.display())))?;
             if stored != mine {
                 return Err(Error::bad_request(
-                    "wrong_data_dir",
+                    ErrorCode::WrongDataDir,
                     format!(
                         "{} belongs to member {} of grid {:?}, not member {} of {:?}",
                         config.data_dir.display(),
@@ -90,42 +94,53 @@ fn nodes(seeds: &[Seed]) -> BTreeMap<NodeId, MemberNode> {
         .collect()
 }
 
+/// What the hosting loop uses.
+pub struct Hosting {
+    /// Identity, address, zone and initial members.
+    pub config: Arc<Config>,
+    /// The groups it opens and removes.
+    pub groups: Arc<Groups>,
+    /// To register.
+    pub meta: Arc<MetaClient>,
+    /// Which replicas have the table (for initializing groups).
+    pub liveness: Arc<Liveness>,
+}
+
 /// Runs until shutdown: initializes the metadata group if this is the first initial member,
 /// registers this member, and keeps the hosted partitions in line with the table: opens
 /// the groups of partitions it holds, initializes the ones it is first replica of at
 /// bootstrap, and deletes replicas that were moved away.
-pub async fn run(grid: Arc<Grid>) {
-    let shutdown = grid.shutdown_token().clone();
-    let mut meta_rx = grid.meta_watch();
-    let mut seeds = grid.config.seeds();
+pub async fn run(ctx: Arc<Hosting>, token: CancellationToken) {
+    let mut meta_rx = ctx.groups.meta_watch();
+    let mut seeds = ctx.config.seeds();
     seeds.sort_by_key(|s| s.id);
     let mut registered = false;
     let mut last_join = None;
     loop {
-        let meta = grid.meta_state();
+        let meta = ctx.groups.meta_state();
         let mut waiting = !registered;
         if !meta.bootstrapped() {
             waiting = true;
-            if let Err(e) = init_meta_group(&grid, &seeds).await {
+            if let Err(e) = init_meta_group(&ctx, &seeds).await {
                 tracing::debug!(error = %e, "metadata group not initialized yet");
             }
         }
         // A committed Join reaches this member's copy of the metadata a moment later; it is
         // proposed again only if it has not arrived after a while.
         let join_due = last_join.is_none_or(|t: Instant| t.elapsed() > JOIN_RETRY);
-        if needs_join(&grid, &meta, registered) && join_due {
-            match register(&grid).await {
+        if needs_join(&ctx, &meta, registered) && join_due {
+            match register(&ctx).await {
                 Ok(()) => {
                     registered = true;
                     last_join = Some(Instant::now());
                 }
                 Err(e) => tracing::debug!(error = %e, "registration not done yet"),
             }
-        } else if !needs_join(&grid, &meta, registered) {
+        } else if !needs_join(&ctx, &meta, registered) {
             registered = true;
         }
         if meta.bootstrapped() {
-            match host_partitions(&grid, &meta).await {
+            match host_partitions(&ctx, &meta).await {
                 Ok(w) => waiting |= w,
                 Err(e) => {
                     waiting = true;
@@ -139,7 +154,7 @@ pub async fn run(grid: Arc<Grid>) {
             Duration::from_secs(5)
         };
         tokio::select! {
-            _ = shutdown.cancelled() => return,
+            _ = token.cancelled() => return,
             _ = meta_rx.changed() => {}
             _ = tokio::time::sleep(wait) => {}
         }
@@ -147,9 +162,9 @@ pub async fn run(grid: Arc<Grid>) {
 }
 
 /// The lowest initial member initializes the metadata group (at most five voters).
-async fn init_meta_group(grid: &Grid, seeds: &[Seed]) -> Result<()> {
-    let raft = &grid.meta_group().raft;
-    if seeds.first().map(|s| s.id) != Some(grid.id) {
+async fn init_meta_group(ctx: &Hosting, seeds: &[Seed]) -> Result<()> {
+    let raft = &ctx.groups.meta_group().raft;
+    if seeds.first().map(|s| s.id) != Some(ctx.groups.id()) {
         return Ok(());
     }
     let initialized = raft
@@ -169,41 +184,37 @@ async fn init_meta_group(grid: &Grid, seeds: &[Seed]) -> Result<()> {
 /// Whether this member must (re-)register: it is unknown, its address or zone changed, or
 /// it was decommissioned before this process started (a restarted member joins again; a
 /// member decommissioned while running stays so until it restarts).
-fn needs_join(grid: &Grid, meta: &MetaState, registered: bool) -> bool {
-    match meta.members.get(&grid.id) {
+fn needs_join(ctx: &Hosting, meta: &MetaState, registered: bool) -> bool {
+    match meta.members.get(&ctx.groups.id()) {
         None => true,
         Some(m) => {
-            m.addr != grid.config.advertised()
-                || m.zone != grid.config.zone
+            m.addr != ctx.config.advertised()
+                || m.zone != ctx.config.zone
                 || (!registered && m.state == MemberState::Decommissioned)
         }
     }
 }
 
-async fn register(grid: &Grid) -> Result<()> {
+async fn register(ctx: &Hosting) -> Result<()> {
     let cmd = MetaCommand::Join {
-        id: grid.id,
-        addr: grid.config.advertised(),
-        zone: grid.config.zone.clone(),
+        id: ctx.groups.id(),
+        addr: ctx.config.advertised(),
+        zone: ctx.config.zone.clone(),
     };
-    match grid.propose_meta(cmd).await? {
-        MetaOutcome::Refused { code, message } => Err(Error::Refused { code, message }),
-        _ => {
-            tracing::info!(member = grid.id, "registered with the grid");
-            Ok(())
-        }
-    }
+    ctx.meta.commit(cmd).await?;
+    tracing::info!(member = ctx.groups.id(), "registered with the grid");
+    Ok(())
 }
 
 /// Opens the groups of the partitions this member holds, initializes those it is the
 /// first replica of at bootstrap, and removes those moved away (also data left behind by an
 /// earlier removal that was cut short). Returns whether some group still waits to be
 /// initialized. A failure on one partition does not hold up the others.
-async fn host_partitions(grid: &Grid, meta: &MetaState) -> Result<bool> {
+async fn host_partitions(ctx: &Hosting, meta: &MetaState) -> Result<bool> {
     let mut waiting = false;
     let mut failed = None;
     for p in 0..meta.partition_count {
-        match host_partition(grid, meta, p).await {
+        match host_partition(ctx, meta, p).await {
             Ok(w) => waiting |= w,
             Err(e) => failed = Some(e),
         }
@@ -214,19 +225,19 @@ async fn host_partitions(grid: &Grid, meta: &MetaState) -> Result<bool> {
     }
 }
 
-async fn host_partition(grid: &Grid, meta: &MetaState, p: u32) -> Result<bool> {
-    if !meta.hosts(grid.id, p) {
-        if grid.group(GroupId::Partition(p)).is_some() || grid.storage.has_group(p) {
-            grid.unhost_partition(p).await?;
+async fn host_partition(ctx: &Hosting, meta: &MetaState, p: u32) -> Result<bool> {
+    if !meta.hosts(ctx.groups.id(), p) {
+        if ctx.groups.get(GroupId::Partition(p)).is_some() || ctx.groups.storage().has_group(p) {
+            ctx.groups.unhost_partition(p).await?;
         }
         return Ok(false);
     }
-    let (group, _) = grid.host_partition(p).await?;
+    let (group, _) = ctx.groups.host_partition(p).await?;
     let replicas = meta.replicas(p);
     // Only the table as bootstrapped creates groups; later replicas are added by the
     // group's leader and start empty.
     let created = meta.partitions.get(p as usize).is_some_and(|i| i.created);
-    if created || replicas.first() != Some(&grid.id) {
+    if created || replicas.first() != Some(&ctx.groups.id()) {
         return Ok(false);
     }
     // Initialized once a majority of the replicas host the group (they reported having the
@@ -242,7 +253,7 @@ async fn host_partition(grid: &Grid, meta: &MetaState, p: u32) -> Result<bool> {
     }
     let hosting = replicas
         .iter()
-        .filter(|id| **id == grid.id || grid.liveness.bootstrapped(**id))
+        .filter(|id| **id == ctx.groups.id() || ctx.liveness.bootstrapped(**id))
         .count();
     if hosting * 2 <= replicas.len() {
         return Ok(true);

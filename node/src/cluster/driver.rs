@@ -15,10 +15,17 @@ use std::time::Duration;
 use openraft::ChangeMembers;
 
 use crate::cluster::bootstrap::META_VOTERS;
-use crate::cluster::meta::{MemberState, MetaCommand, MetaOutcome, MetaState};
-use crate::cluster::placement::{self, PlanInput};
-use crate::cluster::{now_ms, Grid};
+use crate::structures::meta::{MemberState, MetaCommand, MetaState};
+use crate::structures::placement::{self, PlanInput};
+use tokio_util::sync::CancellationToken;
+
+use crate::cluster::groups::Groups;
+use crate::cluster::liveness::Liveness;
+use crate::cluster::meta_client::MetaClient;
+use crate::cluster::now_ms;
+use crate::config::Config;
 use crate::raft::{MemberNode, NodeId};
+use crate::runtime::Every;
 use crate::{Error, Result};
 
 /// Preferred-leader changes per round: each costs a leadership handoff.
@@ -26,30 +33,35 @@ const LEADER_CHANGES_PER_ROUND: usize = 8;
 /// How long one membership change of the metadata group may take.
 const META_CHANGE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Runs until shutdown.
-pub async fn run(grid: Arc<Grid>) {
-    let shutdown = grid.shutdown_token().clone();
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tick.tick() => {}
-        }
-        if !grid.meta_group().is_leader() {
+/// What the placement driver uses.
+pub struct Driver {
+    /// Bootstrap settings, grace periods and move limits.
+    pub config: Arc<Config>,
+    /// The metadata group and state.
+    pub groups: Arc<Groups>,
+    /// To commit metadata commands.
+    pub meta: Arc<MetaClient>,
+    /// Which members answer.
+    pub liveness: Arc<Liveness>,
+}
+
+/// Runs until `token` is cancelled.
+pub async fn run(ctx: Arc<Driver>, token: CancellationToken) {
+    let mut every = Every::new(Duration::from_secs(1), token);
+    while every.tick().await {
+        if !ctx.groups.meta_group().is_leader() {
             continue;
         }
-        let meta = grid.meta_state();
+        let meta = ctx.groups.meta_state();
         let round = async {
             if meta.bootstrapped() {
-                drive(&grid, &meta).await
+                drive(&ctx, &meta).await
             } else {
-                bootstrap(&grid, &meta).await
+                bootstrap(&ctx, &meta).await
             }
         };
-        let result = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            r = round => r,
+        let Some(result) = every.round(round).await else {
+            return;
         };
         if let Err(e) = result {
             tracing::debug!(error = %e, "placement round");
@@ -58,77 +70,72 @@ pub async fn run(grid: Arc<Grid>) {
 }
 
 /// Whether `id` answers (this member always does).
-fn alive(grid: &Grid, id: NodeId) -> bool {
-    id == grid.id || grid.liveness.alive(id)
+fn alive(ctx: &Driver, id: NodeId) -> bool {
+    id == ctx.groups.id() || ctx.liveness.alive(id)
 }
 
 /// Members down for longer than the failure grace period.
-fn failed(grid: &Grid, meta: &MetaState) -> BTreeSet<NodeId> {
-    let grace = Duration::from_millis(grid.config.failure_grace_ms);
+fn failed(ctx: &Driver, meta: &MetaState) -> BTreeSet<NodeId> {
+    let grace = Duration::from_millis(ctx.config.failure_grace_ms);
     meta.members
         .keys()
         .copied()
-        .filter(|id| *id != grid.id && grid.liveness.down_for(*id).is_some_and(|d| d >= grace))
+        .filter(|id| {
+            *id != ctx.groups.id() && ctx.liveness.down_for(*id).is_some_and(|d| d >= grace)
+        })
         .collect()
 }
 
-async fn bootstrap(grid: &Grid, meta: &MetaState) -> Result<()> {
+async fn bootstrap(ctx: &Driver, meta: &MetaState) -> Result<()> {
     let ready: Vec<NodeId> = meta
         .members
         .keys()
         .copied()
-        .filter(|id| alive(grid, *id))
+        .filter(|id| alive(ctx, *id))
         .collect();
-    if ready.len() < grid.config.bootstrap_quorum() {
+    if ready.len() < ctx.config.bootstrap_quorum() {
         tracing::debug!(
             registered = ready.len(),
-            needed = grid.config.bootstrap_quorum(),
+            needed = ctx.config.bootstrap_quorum(),
             "waiting for members before bootstrap"
         );
         return Ok(());
     }
     let cmd = MetaCommand::Bootstrap {
         members: ready,
-        partition_count: grid.config.partitions,
-        replication_factor: grid.config.replication_factor,
+        partition_count: ctx.config.partitions,
+        replication_factor: ctx.config.replication_factor,
     };
-    commit(grid, cmd).await?;
-    tracing::info!(partitions = grid.config.partitions, "grid bootstrapped");
+    ctx.meta.commit(cmd).await?;
+    tracing::info!(partitions = ctx.config.partitions, "grid bootstrapped");
     Ok(())
 }
 
-async fn drive(grid: &Grid, meta: &MetaState) -> Result<()> {
-    let failed = failed(grid, meta);
-    meta_membership(grid, meta, &failed).await?;
+async fn drive(ctx: &Driver, meta: &MetaState) -> Result<()> {
+    let failed = failed(ctx, meta);
+    meta_membership(ctx, meta, &failed).await?;
     let input = PlanInput {
         alive: meta
             .members
             .keys()
             .copied()
-            .filter(|id| alive(grid, *id))
+            .filter(|id| alive(ctx, *id))
             .collect(),
         failed,
-        max_moves: grid.config.max_moves as usize,
+        max_moves: ctx.config.max_moves as usize,
         max_leader_changes: LEADER_CHANGES_PER_ROUND,
         now_ms: now_ms(),
     };
     for cmd in placement::plan(meta, &input) {
         tracing::info!(?cmd, "placement");
-        commit(grid, cmd).await?;
+        ctx.meta.commit(cmd).await?;
     }
     Ok(())
 }
 
-async fn commit(grid: &Grid, cmd: MetaCommand) -> Result<()> {
-    match grid.propose_meta(cmd).await? {
-        MetaOutcome::Refused { code, message } => Err(Error::Refused { code, message }),
-        _ => Ok(()),
-    }
-}
-
 /// Keeps the metadata group's membership in line with the member list.
-async fn meta_membership(grid: &Grid, meta: &MetaState, failed: &BTreeSet<NodeId>) -> Result<()> {
-    let raft = &grid.meta_group().raft;
+async fn meta_membership(ctx: &Driver, meta: &MetaState, failed: &BTreeSet<NodeId>) -> Result<()> {
+    let raft = &ctx.groups.meta_group().raft;
     let unavailable = |e: String| Error::Unavailable {
         group: crate::raft::GroupId::Meta,
         message: e,
@@ -153,7 +160,7 @@ async fn meta_membership(grid: &Grid, meta: &MetaState, failed: &BTreeSet<NodeId
     }
     // Voters: the current ones that stay active and reachable, topped up to three or five.
     let usable = |id: &NodeId| {
-        meta.state(*id) == Some(MemberState::Active) && !failed.contains(id) && alive(grid, *id)
+        meta.state(*id) == Some(MemberState::Active) && !failed.contains(id) && alive(ctx, *id)
     };
     let active = meta.active().count();
     let target = match active {

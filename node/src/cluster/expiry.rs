@@ -5,28 +5,27 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::cluster::{now_ms, Grid};
+use tokio_util::sync::CancellationToken;
+
+use crate::cluster::groups::Groups;
+use crate::cluster::now_ms;
+use crate::metrics::Metrics;
 use crate::raft::GroupId;
+use crate::runtime::Every;
 use crate::structures::map::{due_expiries, OpOutcome};
 
 /// Removals proposed per partition and round, at most.
 const PER_ROUND: usize = 256;
 
-/// Runs until shutdown.
-pub async fn run(grid: Arc<Grid>) {
-    let shutdown = grid.shutdown_token().clone();
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tick.tick() => {}
-        }
-        for g in grid.groups().into_iter().filter(|g| g.is_leader()) {
+/// Runs until `token` is cancelled.
+pub async fn run(groups: Arc<Groups>, metrics: Arc<Metrics>, token: CancellationToken) {
+    let mut every = Every::new(Duration::from_secs(1), token);
+    while every.tick().await {
+        for g in groups.all().into_iter().filter(|g| g.is_leader()) {
             let GroupId::Partition(p) = g.id else {
                 continue;
             };
-            match due_expiries(&grid.storage.state_machine, p, now_ms(), PER_ROUND) {
+            match due_expiries(&groups.storage().state_machine, p, now_ms(), PER_ROUND) {
                 Ok(ops) if !ops.is_empty() => {
                     // Outcomes do not matter: an entry rewritten meanwhile is left alone, and
                     // a failed round is retried on the next tick.
@@ -41,7 +40,7 @@ pub async fn run(grid: Arc<Grid>) {
                                 .iter()
                                 .filter(|o| matches!(o, OpOutcome::Deleted { .. }))
                                 .count();
-                            grid.metrics.observe_expired(n as u64);
+                            metrics.observe_expired(n as u64);
                         }
                     }
                 }

@@ -11,11 +11,12 @@ use std::time::{Duration, Instant};
 
 use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
 use openraft::ServerState;
-use tokio::sync::{mpsc, oneshot, Semaphore};
-use tokio_util::sync::CancellationToken;
+use tokio::sync::oneshot;
 
 use crate::cluster::now_ms;
 use crate::raft::{GroupId, NodeId, Raft, Request, Response};
+use crate::runtime::coalesce::QueueSender;
+use crate::runtime::{Coalescer, Limits, QueueFull, Tasks, Weight};
 use crate::structures::map::{MapBatch, MapOp, OpOutcome};
 use crate::{Error, Result};
 
@@ -57,36 +58,63 @@ pub struct Group {
     /// While leadership is handed to this member (0: none), writes and reads are refused
     /// with `NotLeader` pointing at it, and no heartbeats are sent.
     handoff: Arc<AtomicU64>,
-    proposals: mpsc::UnboundedSender<Proposal>,
-    reads: mpsc::UnboundedSender<oneshot::Sender<Result<()>>>,
+    proposals: QueueSender<Proposal>,
+    reads: QueueSender<ReadWaiter>,
+    /// The group's own tasks (proposer, read barrier, entries in flight).
+    tasks: Tasks,
+}
+
+type ReadWaiter = oneshot::Sender<Result<()>>;
+
+/// Entry caps of the proposer.
+const ENTRY_LIMITS: Limits = Limits {
+    units: MAX_OPS_PER_ENTRY,
+    bytes: MAX_ENTRY_BYTES,
+};
+
+fn proposal_weight(p: &Proposal) -> Weight {
+    Weight {
+        units: p.ops.len(),
+        bytes: p.bytes,
+    }
+}
+
+fn one(_: &ReadWaiter) -> Weight {
+    Weight { units: 1, bytes: 0 }
+}
+
+fn always<T>(_: &T) -> bool {
+    true
 }
 
 impl Group {
-    /// Wraps `raft` and starts its proposer and read barrier (stopped by `shutdown`).
+    /// Wraps `raft` and starts its proposer and read barrier as tasks of `tasks` (a branch
+    /// of the member's tree that [`Group::stop_tasks`] cancels). At most `max_queued`
+    /// writes (and as many reads) wait; more are refused with `Overloaded`.
     pub fn new(
         id: GroupId,
         raft: Raft,
         committed: Arc<AtomicU64>,
         restored_term: u64,
-        shutdown: CancellationToken,
+        tasks: Tasks,
+        max_queued: usize,
     ) -> Arc<Self> {
-        let (ptx, prx) = mpsc::unbounded_channel();
-        let (rtx, rrx) = mpsc::unbounded_channel();
+        let (ptx, prx) = Coalescer::new(max_queued, ENTRY_LIMITS, proposal_weight, always);
+        let (rtx, rrx) = Coalescer::new(max_queued, Limits::UNBOUNDED, one, always);
         let handoff = Arc::new(AtomicU64::new(0));
-        tokio::spawn(run_proposer(
+        tasks.spawn(run_proposer(
             id,
             raft.clone(),
             handoff.clone(),
             prx,
-            shutdown.clone(),
+            tasks.clone(),
         ));
-        tokio::spawn(run_read_barrier(
+        tasks.spawn(run_read_barrier(
             id,
             raft.clone(),
             restored_term,
             handoff.clone(),
             rrx,
-            shutdown,
         ));
         Arc::new(Group {
             id,
@@ -97,7 +125,26 @@ impl Group {
             handoff,
             proposals: ptx,
             reads: rtx,
+            tasks,
         })
+    }
+
+    /// Stops the group's proposer, read barrier and entries in flight.
+    pub fn stop_tasks(&self) {
+        self.tasks.cancel();
+    }
+
+    fn refused(&self, e: QueueFull, what: &str) -> Error {
+        match e {
+            QueueFull::Full => Error::Overloaded {
+                group: self.id,
+                message: format!("too many {what} waiting"),
+            },
+            QueueFull::Closed => Error::Unavailable {
+                group: self.id,
+                message: "member is stopping".into(),
+            },
+        }
     }
 
     /// Replicates `ops` in one entry (possibly with other callers' ops) and returns their
@@ -125,15 +172,12 @@ impl Group {
     async fn propose_entry(&self, ops: Vec<MapOp>, bytes: usize) -> Result<Vec<OpOutcome>> {
         let (tx, rx) = oneshot::channel();
         self.proposals
-            .send(Proposal {
+            .try_send(Proposal {
                 ops,
                 bytes,
                 reply: tx,
             })
-            .map_err(|_| Error::Unavailable {
-                group: self.id,
-                message: "member is stopping".into(),
-            })?;
+            .map_err(|(e, _)| self.refused(e, "writes"))?;
         // Queued: from here on the entry may be proposed, so losing the answer is ambiguous.
         rx.await.map_err(|_| Error::OutcomeUnknown {
             group: self.id,
@@ -145,10 +189,9 @@ impl Group {
     /// before the call: local reads after it are linearizable.
     pub async fn read_barrier(&self) -> Result<()> {
         let (tx, rx) = oneshot::channel();
-        self.reads.send(tx).map_err(|_| Error::Unavailable {
-            group: self.id,
-            message: "member is stopping".into(),
-        })?;
+        self.reads
+            .try_send(tx)
+            .map_err(|(e, _)| self.refused(e, "reads"))?;
         rx.await.map_err(|_| Error::Unavailable {
             group: self.id,
             message: "member is stopping".into(),
@@ -229,112 +272,84 @@ async fn run_proposer(
     group: GroupId,
     raft: Raft,
     handoff: Arc<AtomicU64>,
-    mut rx: mpsc::UnboundedReceiver<Proposal>,
-    shutdown: CancellationToken,
+    queue: Coalescer<Proposal>,
+    tasks: Tasks,
 ) {
-    let slots = Arc::new(Semaphore::new(ENTRIES_IN_FLIGHT));
-    let mut carried: Option<Proposal> = None;
-    loop {
-        let first = match carried.take() {
-            Some(p) => p,
-            None => tokio::select! {
-                _ = shutdown.cancelled() => return,
-                p = rx.recv() => match p { Some(p) => p, None => return },
-            },
-        };
-        let Ok(permit) = slots.clone().acquire_owned().await else {
-            return;
-        };
-        // Pack whatever is waiting into one entry, up to the op and byte caps.
-        let mut n = first.ops.len();
-        let mut bytes = first.bytes;
-        let mut batch = vec![first];
-        while n < MAX_OPS_PER_ENTRY && bytes < MAX_ENTRY_BYTES {
-            match rx.try_recv() {
-                Ok(p) => {
-                    if bytes + p.bytes > MAX_ENTRY_BYTES {
-                        carried = Some(p);
-                        break;
-                    }
-                    n += p.ops.len();
-                    bytes += p.bytes;
-                    batch.push(p);
+    // Each batch of waiting proposals is one entry; a few entries replicate at once.
+    queue
+        .run(ENTRIES_IN_FLIGHT, tasks, |batch| {
+            let raft = raft.clone();
+            let handing_to = handoff_target(&handoff);
+            async move {
+                let sizes: Vec<usize> = batch.iter().map(|p| p.ops.len()).collect();
+                let (ops, replies): (Vec<Vec<MapOp>>, Vec<_>) =
+                    batch.into_iter().map(|p| (p.ops, p.reply)).unzip();
+                // Only a refusal before proposing is safe to retry elsewhere. Once proposed, an
+                // entry that loses its leader may still be committed by the next one.
+                let (state, leader, voters, joint) = {
+                    let m = raft.metrics();
+                    let m = m.borrow();
+                    (
+                        m.state,
+                        m.current_leader,
+                        m.membership_config.voter_ids().count(),
+                        m.membership_config.membership().get_joint_config().len() > 1,
+                    )
+                };
+                if state != ServerState::Leader {
+                    fail_all(replies, || Error::NotLeader { group, leader });
+                    return;
                 }
-                Err(_) => break,
-            }
-        }
-        let raft = raft.clone();
-        let handing_to = handoff_target(&handoff);
-        tokio::spawn(async move {
-            let sizes: Vec<usize> = batch.iter().map(|p| p.ops.len()).collect();
-            let (ops, replies): (Vec<Vec<MapOp>>, Vec<_>) =
-                batch.into_iter().map(|p| (p.ops, p.reply)).unzip();
-            // Only a refusal before proposing is safe to retry elsewhere. Once proposed, an
-            // entry that loses its leader may still be committed by the next one.
-            let (state, leader, voters, joint) = {
-                let m = raft.metrics();
-                let m = m.borrow();
-                (
-                    m.state,
-                    m.current_leader,
-                    m.membership_config.voter_ids().count(),
-                    m.membership_config.membership().get_joint_config().len() > 1,
-                )
-            };
-            if state != ServerState::Leader {
-                fail_all(replies, || Error::NotLeader { group, leader });
-                return;
-            }
-            if let Some(to) = handing_to {
-                fail_all(replies, || Error::NotLeader {
-                    group,
-                    leader: Some(to),
-                });
-                return;
-            }
-            let entry = MapBatch {
-                now_ms: now_ms(),
-                ops: ops.into_iter().flatten().collect(),
-            };
-            let result = raft.client_write(Request::Map(entry)).await;
-            drop(permit);
-            match result {
-                Ok(resp) => {
-                    let Response::Map(outcomes) = resp.data else {
-                        fail_all(replies, || {
-                            Error::Internal(
-                                "partition answered a map batch with something else".into(),
-                            )
-                        });
-                        return;
-                    };
-                    let mut it = outcomes.into_iter();
-                    for (reply, n) in replies.into_iter().zip(sizes) {
-                        let _ = reply.send(Ok(it.by_ref().take(n).collect()));
-                    }
-                }
-                // openraft answers ForwardToLeader before appending, or when the entry was
-                // truncated. A truncated entry cannot be committed later when a group has at
-                // most 4 voters in one configuration (the new leader's log has replaced it on
-                // a majority); with 5 or more, or during joint consensus, it is ambiguous.
-                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))
-                    if voters <= 4 && !joint =>
-                {
+                if let Some(to) = handing_to {
                     fail_all(replies, || Error::NotLeader {
                         group,
-                        leader: f.leader_id,
+                        leader: Some(to),
                     });
+                    return;
                 }
-                Err(e) => {
-                    let message = e.to_string();
-                    fail_all(replies, || Error::OutcomeUnknown {
-                        group,
-                        message: format!("leadership changed while replicating: {message}"),
-                    });
+                let entry = MapBatch {
+                    now_ms: now_ms(),
+                    ops: ops.into_iter().flatten().collect(),
+                };
+                let result = raft.client_write(Request::Map(entry)).await;
+                match result {
+                    Ok(resp) => {
+                        let Response::Map(outcomes) = resp.data else {
+                            fail_all(replies, || {
+                                Error::Internal(
+                                    "partition answered a map batch with something else".into(),
+                                )
+                            });
+                            return;
+                        };
+                        let mut it = outcomes.into_iter();
+                        for (reply, n) in replies.into_iter().zip(sizes) {
+                            let _ = reply.send(Ok(it.by_ref().take(n).collect()));
+                        }
+                    }
+                    // openraft answers ForwardToLeader before appending, or when the entry was
+                    // truncated. A truncated entry cannot be committed later when a group has at
+                    // most 4 voters in one configuration (the new leader's log has replaced it on
+                    // a majority); with 5 or more, or during joint consensus, it is ambiguous.
+                    Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))
+                        if voters <= 4 && !joint =>
+                    {
+                        fail_all(replies, || Error::NotLeader {
+                            group,
+                            leader: f.leader_id,
+                        });
+                    }
+                    Err(e) => {
+                        let message = e.to_string();
+                        fail_all(replies, || Error::OutcomeUnknown {
+                            group,
+                            message: format!("leadership changed while replicating: {message}"),
+                        });
+                    }
                 }
             }
-        });
-    }
+        })
+        .await;
 }
 
 /// How long one leadership check may take before the waiting reads fail.
@@ -382,19 +397,10 @@ async fn run_read_barrier(
     raft: Raft,
     restored_term: u64,
     handoff: Arc<AtomicU64>,
-    mut rx: mpsc::UnboundedReceiver<oneshot::Sender<Result<()>>>,
-    shutdown: CancellationToken,
+    mut queue: Coalescer<ReadWaiter>,
 ) {
     let mut settled = false;
-    loop {
-        let first = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            p = rx.recv() => match p { Some(p) => p, None => return },
-        };
-        let mut waiting = vec![first];
-        while let Ok(more) = rx.try_recv() {
-            waiting.push(more);
-        }
+    while let Some(waiting) = queue.next_batch().await {
         if let Some(to) = handoff_target(&handoff) {
             for w in waiting {
                 let _ = w.send(Err(Error::NotLeader {

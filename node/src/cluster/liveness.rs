@@ -17,10 +17,14 @@ use std::time::{Duration, Instant};
 use openraft::ServerState;
 use rand::Rng;
 
+use tokio_util::sync::CancellationToken;
+
 use crate::cluster::group::Group;
-use crate::cluster::Grid;
+use crate::cluster::groups::Groups;
+use crate::config::Seed;
 use crate::raft::{GroupId, NodeId};
-use crate::transport::{Lane, PeerRequest, PeerResponse};
+use crate::runtime::Every;
+use crate::transport::{Lane, PeerRequest, PeerResponse, Transport};
 
 /// A follower that heard nothing from its leader for this long looks for a new one.
 pub const LEADER_SILENCE: Duration = Duration::from_secs(4);
@@ -30,6 +34,8 @@ const LEADER_FRESH: Duration = Duration::from_millis(2500);
 /// No elections for silent leaders until the member has been up this long (leaders need a
 /// heartbeat sweep to find a restarted member).
 const STARTUP_GRACE: Duration = Duration::from_secs(3);
+/// After this long, the pinger has pinged every peer, and a member it calls down is skipped.
+const PEERS_KNOWN_AFTER: Duration = Duration::from_secs(3);
 /// Extra wait per rank in the partition's replica list.
 const RANK_DELAY: Duration = Duration::from_millis(1000);
 
@@ -76,6 +82,32 @@ impl Liveness {
         Some(since.elapsed()).filter(|d| *d >= self.down_after)
     }
 
+    /// Time since this member started.
+    pub fn uptime(&self) -> Duration {
+        self.created.elapsed()
+    }
+
+    /// Whether the pinger has had time to hear from every peer, so that a peer it calls
+    /// down may be skipped.
+    pub fn peers_known(&self) -> bool {
+        self.uptime() > PEERS_KNOWN_AFTER
+    }
+
+    /// Milliseconds on this member's monotonic clock (for contact times; never 0).
+    pub fn clock_ms(&self) -> u64 {
+        self.created.elapsed().as_millis() as u64 + 1
+    }
+
+    /// Whether the leader of `g` is known and reachable from member `me`.
+    pub fn usable_leader(&self, me: NodeId, g: &Group) -> bool {
+        let m = g.raft.metrics().borrow().clone();
+        match m.current_leader {
+            Some(l) if l == me => m.state == ServerState::Leader,
+            Some(l) => self.alive(l),
+            None => false,
+        }
+    }
+
     /// Whether `id` answered recently.
     pub fn alive(&self, id: NodeId) -> bool {
         self.last_ok
@@ -86,66 +118,60 @@ impl Liveness {
     }
 }
 
-/// Runs the pinger and the timer loop until shutdown.
-pub async fn run(grid: Arc<Grid>) {
-    tokio::join!(pinger(grid.clone()), timers(grid));
+/// What the liveness loops use.
+pub struct LivenessLoop {
+    /// Initial members (pinged before they register).
+    pub seeds: Vec<Seed>,
+    /// Hosted groups and the metadata state.
+    pub groups: Arc<Groups>,
+    /// The record the pinger keeps.
+    pub liveness: Arc<Liveness>,
+    /// To reach peers.
+    pub transport: Arc<Transport>,
 }
 
-async fn pinger(grid: Arc<Grid>) {
-    let shutdown = grid.shutdown_token().clone();
-    let mut tick = tokio::time::interval(Duration::from_millis(500));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tick.tick() => {}
-        }
-        let meta = grid.meta_state();
+/// Runs the pinger and the timer loop until `token` is cancelled.
+pub async fn run(ctx: Arc<LivenessLoop>, token: CancellationToken) {
+    tokio::join!(pinger(&ctx, token.clone()), timers(&ctx, token));
+}
+
+async fn pinger(ctx: &LivenessLoop, token: CancellationToken) {
+    let me = ctx.groups.id();
+    let mut every = Every::new(Duration::from_millis(500), token);
+    while every.tick().await {
+        let meta = ctx.groups.meta_state();
         // Registered members, and initial members not registered yet.
-        let mut peers: HashMap<NodeId, String> = grid
-            .config
-            .seeds()
-            .into_iter()
-            .map(|s| (s.id, s.addr))
-            .collect();
+        let mut peers: HashMap<NodeId, String> =
+            ctx.seeds.iter().map(|s| (s.id, s.addr.clone())).collect();
         peers.extend(meta.members.values().map(|m| (m.id, m.addr.clone())));
         let pings = peers
             .into_iter()
-            .filter(|(id, _)| *id != grid.id)
-            .map(|(id, addr)| {
-                let grid = grid.clone();
-                async move {
-                    let req = PeerRequest::Ping { from: grid.id };
-                    if let Ok(PeerResponse::Pong {
-                        id: answered,
-                        bootstrapped,
-                    }) = grid
-                        .transport
-                        .call(&addr, Lane::Control, req, Duration::from_secs(1))
-                        .await
-                    {
-                        if answered == id {
-                            grid.liveness.record(id, bootstrapped);
-                        }
+            .filter(|(id, _)| *id != me)
+            .map(|(id, addr)| async move {
+                let req = PeerRequest::Ping { from: me };
+                if let Ok(PeerResponse::Pong {
+                    id: answered,
+                    bootstrapped,
+                }) = ctx
+                    .transport
+                    .call(&addr, Lane::Control, req, Duration::from_secs(1))
+                    .await
+                {
+                    if answered == id {
+                        ctx.liveness.record(id, bootstrapped);
                     }
                 }
             });
-        futures::future::join_all(pings).await;
+        every.round(futures::future::join_all(pings)).await;
     }
 }
 
-async fn timers(grid: Arc<Grid>) {
-    let shutdown = grid.shutdown_token().clone();
-    let mut tick = tokio::time::interval(Duration::from_millis(250));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+async fn timers(ctx: &LivenessLoop, token: CancellationToken) {
+    let mut every = Every::new(Duration::from_millis(250), token);
     let mut n: u64 = 0;
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tick.tick() => {}
-        }
+    while every.tick().await {
         n += 1;
-        let groups = grid.groups();
+        let groups = ctx.groups.all();
         if n % 4 == 0 {
             for g in groups
                 .iter()
@@ -155,48 +181,49 @@ async fn timers(grid: Arc<Grid>) {
             }
         }
         for g in &groups {
-            maybe_elect(&grid, g).await;
+            maybe_elect(ctx, g).await;
         }
     }
 }
 
 /// This member's position in the order in which replicas of `g` try to become leader.
-fn rank(grid: &Grid, g: &Group, voters: &[NodeId]) -> usize {
+fn rank(ctx: &LivenessLoop, g: &Group, voters: &[NodeId]) -> usize {
     let preferred: Vec<NodeId> = match g.id {
-        GroupId::Partition(p) => grid.meta_state().replicas(p).to_vec(),
+        GroupId::Partition(p) => ctx.groups.meta_state().replicas(p).to_vec(),
         GroupId::Meta => voters.to_vec(),
     };
     preferred
         .iter()
-        .position(|id| *id == grid.id)
+        .position(|id| *id == ctx.groups.id())
         .unwrap_or(preferred.len())
 }
 
-async fn maybe_elect(grid: &Grid, g: &Group) {
+async fn maybe_elect(ctx: &LivenessLoop, g: &Group) {
+    let me = ctx.groups.id();
     let m = g.raft.metrics().borrow().clone();
     let voters: Vec<NodeId> = m.membership_config.voter_ids().collect();
     let now = Instant::now();
     let usable = match m.current_leader {
         _ if m.state == ServerState::Leader => true,
-        Some(l) if l != grid.id => {
+        Some(l) if l != me => {
             let contact = g
                 .last_leader_contact
                 .load(std::sync::atomic::Ordering::Relaxed);
-            let silence = Duration::from_millis(grid.clock_ms().saturating_sub(contact));
+            let silence = Duration::from_millis(ctx.liveness.clock_ms().saturating_sub(contact));
             // Recent appends prove the leader works even if a ping was slow; a leader whose
             // member stopped answering pings is given up sooner than a silent one.
-            silence < LEADER_FRESH || (grid.liveness.alive(l) && silence < LEADER_SILENCE)
+            silence < LEADER_FRESH || (ctx.liveness.alive(l) && silence < LEADER_SILENCE)
         }
         _ => false,
     };
     {
         let mut e = g.election.lock().unwrap_or_else(|e| e.into_inner());
-        if usable || !voters.contains(&grid.id) || grid.uptime() < STARTUP_GRACE {
+        if usable || !voters.contains(&me) || ctx.liveness.uptime() < STARTUP_GRACE {
             e.leaderless_since = None;
             return;
         }
         let since = *e.leaderless_since.get_or_insert(now);
-        let due = since + RANK_DELAY * rank(grid, g, &voters) as u32;
+        let due = since + RANK_DELAY * rank(ctx, g, &voters) as u32;
         if now < due || e.next_attempt.is_some_and(|t| now < t) {
             return;
         }

@@ -33,12 +33,18 @@ use std::time::{Duration, Instant};
 use openraft::ChangeMembers;
 
 use crate::cluster::group::Group;
-use crate::cluster::meta::{MetaCommand, MetaState};
-use crate::cluster::Grid;
+use crate::cluster::groups::Groups;
+use crate::cluster::liveness::Liveness;
+use crate::cluster::meta_client::MetaClient;
+use crate::cluster::views::MoveBoard;
 use crate::raft::{GroupId, MemberNode, NodeId};
+use crate::runtime::{Every, Tasks};
+use crate::structures::meta::{MetaCommand, MetaState};
+use tokio_util::sync::CancellationToken;
 
 type RaftMetrics = openraft::RaftMetrics<NodeId, MemberNode>;
-use crate::transport::{Lane, MoveProgress, PeerRequest, PeerResponse};
+use crate::transport::{Lane, PeerRequest, PeerResponse, Transport};
+use devicegrid_proto::views::{MovePhase, MoveProgress};
 
 /// How long a new replica may take to catch up before the step is retried.
 const CATCH_UP_WAIT: Duration = Duration::from_secs(60);
@@ -65,27 +71,74 @@ enum Action {
     Handoff(NodeId),
 }
 
-/// Runs until shutdown.
-pub async fn run(grid: Arc<Grid>) {
-    let shutdown = grid.shutdown_token().clone();
+/// What the mover uses.
+pub struct Mover {
+    /// Hosted groups and the metadata state.
+    pub groups: Arc<Groups>,
+    /// To report finished moves and confirm table versions.
+    pub meta: Arc<MetaClient>,
+    /// Which members answer.
+    pub liveness: Arc<Liveness>,
+    /// Where progress is reported.
+    pub moves: Arc<MoveBoard>,
+    /// Move steps run as tasks of the member.
+    pub tasks: Tasks,
+    /// To ask a handoff's target to campaign.
+    pub transport: Arc<Transport>,
+    /// A member down this long is not handed leadership.
+    pub failure_grace: Duration,
+}
+
+/// Why a move step did not finish (it is retried on a later round).
+#[derive(Debug, thiserror::Error)]
+enum MoveError {
+    /// A metadata call failed.
+    #[error(transparent)]
+    Meta(#[from] crate::Error),
+    /// This member's partition table is older than the grid's.
+    #[error("this member's table is at version {local}, the grid's at {confirmed}")]
+    StaleTable { local: u64, confirmed: u64 },
+    /// A replica's member is not in the table.
+    #[error("member {0} has no address")]
+    NoAddress(NodeId),
+    /// Leadership moved during the step.
+    #[error("lost leadership")]
+    LostLeadership,
+    /// New replicas did not catch up in time.
+    #[error("new replicas {replicas:?} still {lag} entries behind")]
+    Behind { replicas: Vec<NodeId>, lag: u64 },
+    /// The group's membership change is not committed yet.
+    #[error("the group's membership is not committed yet")]
+    Uncommitted,
+    /// A Raft change or the handoff failed.
+    #[error("{step}: {message}")]
+    Step { step: &'static str, message: String },
+}
+
+impl MoveError {
+    fn step(step: &'static str, message: impl std::fmt::Display) -> Self {
+        MoveError::Step {
+            step,
+            message: message.to_string(),
+        }
+    }
+}
+
+/// Runs until `token` is cancelled.
+pub async fn run(ctx: Arc<Mover>, token: CancellationToken) {
     let busy: Arc<Mutex<HashSet<u32>>> = Arc::default();
     // Partitions whose last handoff failed, and when they may try again.
     let backoff: Arc<Mutex<HashMap<u32, Instant>>> = Arc::default();
     let handoffs = Arc::new(tokio::sync::Semaphore::new(MAX_HANDOFFS));
     // When this member was first seen leading each partition, and in which term.
     let mut leading: HashMap<u32, (u64, Instant)> = HashMap::new();
-    let mut tick = tokio::time::interval(Duration::from_millis(500));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tick.tick() => {}
-        }
-        let meta = grid.meta_state();
+    let mut every = Every::new(Duration::from_millis(500), token);
+    while every.tick().await {
+        let meta = ctx.groups.meta_state();
         if !meta.bootstrapped() {
             continue;
         }
-        for g in grid.groups() {
+        for g in ctx.groups.all() {
             let GroupId::Partition(p) = g.id else {
                 continue;
             };
@@ -107,7 +160,7 @@ pub async fn run(grid: Arc<Grid>) {
             if busy.lock().unwrap_or_else(|e| e.into_inner()).contains(&p) {
                 continue;
             }
-            let Some(action) = decide(&grid, &meta, &g, p) else {
+            let Some(action) = decide(&ctx, &meta, &g, p) else {
                 continue;
             };
             let permit = match action {
@@ -119,17 +172,16 @@ pub async fn run(grid: Arc<Grid>) {
                 _ => None,
             };
             busy.lock().unwrap_or_else(|e| e.into_inner()).insert(p);
-            let (task_grid, busy, backoff) = (grid.clone(), busy.clone(), backoff.clone());
-            grid.spawn(async move {
-                let grid = task_grid;
+            let (ctx, busy, backoff) = (ctx.clone(), busy.clone(), backoff.clone());
+            ctx.tasks.clone().spawn(async move {
                 let is_handoff = matches!(action, Action::Handoff(_));
                 let result = match action {
                     Action::Created => {
-                        report(&grid, MetaCommand::PartitionCreated { partition: p }).await
+                        report(&ctx, MetaCommand::PartitionCreated { partition: p }).await
                     }
                     Action::Cancel(version) => {
                         report(
-                            &grid,
+                            &ctx,
                             MetaCommand::CancelMove {
                                 partition: p,
                                 version,
@@ -137,9 +189,9 @@ pub async fn run(grid: Arc<Grid>) {
                         )
                         .await
                     }
-                    Action::Reconfigure => reconfigure(&grid, &g, p).await,
-                    Action::Finish => finish(&grid, &g, p).await,
-                    Action::Handoff(to) => handoff(&grid, &g, p, to).await,
+                    Action::Reconfigure => reconfigure(&ctx, &g, p).await,
+                    Action::Finish => finish(&ctx, &g, p).await,
+                    Action::Handoff(to) => handoff(&ctx, &g, p, to).await,
                 };
                 if let Err(e) = result {
                     tracing::info!(partition = p, error = %e, "move step not done; retrying");
@@ -150,7 +202,7 @@ pub async fn run(grid: Arc<Grid>) {
                             .insert(p, Instant::now() + HANDOFF_BACKOFF);
                     }
                 }
-                grid.set_progress(p, None);
+                ctx.moves.set(p, None);
                 drop(permit);
                 busy.lock().unwrap_or_else(|e| e.into_inner()).remove(&p);
             });
@@ -158,7 +210,7 @@ pub async fn run(grid: Arc<Grid>) {
     }
 }
 
-fn decide(grid: &Grid, meta: &MetaState, g: &Group, p: u32) -> Option<Action> {
+fn decide(ctx: &Mover, meta: &MetaState, g: &Group, p: u32) -> Option<Action> {
     let desired = meta.replicas(p);
     if desired.is_empty() {
         return None;
@@ -170,15 +222,15 @@ fn decide(grid: &Grid, meta: &MetaState, g: &Group, p: u32) -> Option<Action> {
     let m = g.raft.metrics().borrow().clone();
     let voters: BTreeSet<NodeId> = m.membership_config.voter_ids().collect();
     let nodes: BTreeSet<NodeId> = m.membership_config.nodes().map(|(id, _)| *id).collect();
-    let alive = |id: &NodeId| grid.liveness.alive(*id);
-    let grace = Duration::from_millis(grid.config.failure_grace_ms);
+    let alive = |id: &NodeId| ctx.liveness.alive(*id);
+    let grace = ctx.failure_grace;
     if let Some(mv) = meta.moves.get(&p) {
-        let failed = grid.liveness.down_for(mv.to).is_some_and(|d| d >= grace);
+        let failed = ctx.liveness.down_for(mv.to).is_some_and(|d| d >= grace);
         if failed && !voters.contains(&mv.to) {
             return Some(Action::Cancel(mv.version));
         }
     }
-    if !want.contains(&grid.id) {
+    if !want.contains(&ctx.groups.id()) {
         // Hand over to a replica that stays, in the table's order of preference; with none
         // able to take over, carry the move out here.
         return Some(
@@ -196,7 +248,7 @@ fn decide(grid: &Grid, meta: &MetaState, g: &Group, p: u32) -> Option<Action> {
     }
     let preferred = desired[0];
     let ready = alive(&preferred) && lag(&m, preferred) <= HANDOFF_MAX_LAG;
-    if preferred != grid.id && ready && g.handoff().is_none() {
+    if preferred != ctx.groups.id() && ready && g.handoff().is_none() {
         return Some(Action::Handoff(preferred));
     }
     None
@@ -222,50 +274,48 @@ fn committed_membership(m: &RaftMetrics) -> bool {
     config <= m.last_applied.as_ref().map(|l| l.index)
 }
 
-async fn report(grid: &Grid, cmd: MetaCommand) -> Result<(), String> {
-    grid.propose_meta(cmd).await.map_err(|e| e.to_string())?;
+async fn report(ctx: &Mover, cmd: MetaCommand) -> Result<(), MoveError> {
+    ctx.meta.propose(cmd).await?;
     Ok(())
 }
 
-fn progress(grid: &Grid, p: u32, phase: &str, lag: u64) {
-    grid.set_progress(
+fn progress(ctx: &Mover, p: u32, phase: MovePhase, lag: u64) {
+    ctx.moves.set(
         p,
         Some(MoveProgress {
             partition: p,
-            phase: phase.into(),
+            phase,
             lag,
         }),
     );
 }
 
-async fn reconfigure(grid: &Grid, g: &Group, p: u32) -> Result<(), String> {
-    let meta = grid.meta_state();
+async fn reconfigure(ctx: &Mover, g: &Group, p: u32) -> Result<(), MoveError> {
+    let meta = ctx.groups.meta_state();
     // A leader with an older table than the one the group's voters came from would move
     // the voters backwards: act only on the table the metadata leader confirms.
-    let confirmed = grid.confirmed_version(p).await.map_err(|e| e.to_string())?;
+    let confirmed = ctx.meta.confirmed_version(p).await?;
     if confirmed != meta.version(p) {
-        return Err(format!(
-            "this member's table is at version {} of partition {p}, the grid's at {confirmed}",
-            meta.version(p)
-        ));
+        return Err(MoveError::StaleTable {
+            local: meta.version(p),
+            confirmed,
+        });
     }
     let want: BTreeSet<NodeId> = meta.replicas(p).iter().copied().collect();
     let m = g.raft.metrics().borrow().clone();
     let nodes: BTreeSet<NodeId> = m.membership_config.nodes().map(|(id, _)| *id).collect();
     let voters: BTreeSet<NodeId> = m.membership_config.voter_ids().collect();
 
-    progress(grid, p, "adding_learner", 0);
+    progress(ctx, p, MovePhase::AddingLearner, 0);
     for id in want.difference(&nodes) {
-        let addr = meta
-            .addr(*id)
-            .ok_or_else(|| format!("member {id} has no address"))?;
+        let addr = meta.addr(*id).ok_or(MoveError::NoAddress(*id))?;
         let node = MemberNode {
             addr: addr.to_string(),
         };
         tokio::time::timeout(CHANGE_TIMEOUT, g.raft.add_learner(*id, node, false))
             .await
-            .map_err(|_| format!("adding learner {id} timed out"))?
-            .map_err(|e| format!("adding learner {id}: {e}"))?;
+            .map_err(|_| MoveError::step("adding a learner", "timed out"))?
+            .map_err(|e| MoveError::step("adding a learner", e))?;
         tracing::info!(partition = p, learner = id, "replica added as learner");
     }
 
@@ -275,32 +325,32 @@ async fn reconfigure(grid: &Grid, g: &Group, p: u32) -> Result<(), String> {
     loop {
         let m = g.raft.metrics().borrow().clone();
         if m.state != openraft::ServerState::Leader {
-            return Err("lost leadership".into());
+            return Err(MoveError::LostLeadership);
         }
         let lag = new
             .iter()
             .map(|id| target.saturating_sub(matched(&m, *id).unwrap_or(0)))
             .max()
             .unwrap_or(0);
-        progress(grid, p, "catching_up", lag);
+        progress(ctx, p, MovePhase::CatchingUp, lag);
         if lag == 0 {
             break;
         }
         if Instant::now() > deadline {
-            return Err(format!("new replicas {new:?} still {lag} entries behind"));
+            return Err(MoveError::Behind { replicas: new, lag });
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
     if voters != want {
-        progress(grid, p, "joint_consensus", 0);
+        progress(ctx, p, MovePhase::JointConsensus, 0);
         tokio::time::timeout(
             CHANGE_TIMEOUT,
             g.raft.change_membership(want.clone(), false),
         )
         .await
-        .map_err(|_| "voter change timed out".to_string())?
-        .map_err(|e| format!("voter change: {e}"))?;
+        .map_err(|_| MoveError::step("the voter change", "timed out"))?
+        .map_err(|e| MoveError::step("the voter change", e))?;
         tracing::info!(partition = p, voters = ?want, "partition voters changed");
     }
     let m = g.raft.metrics().borrow().clone();
@@ -311,44 +361,45 @@ async fn reconfigure(grid: &Grid, g: &Group, p: u32) -> Result<(), String> {
         .filter(|id| !want.contains(id))
         .collect();
     if !extra.is_empty() {
-        progress(grid, p, "removing_learners", 0);
+        progress(ctx, p, MovePhase::RemovingLearners, 0);
         let change = g
             .raft
             .change_membership(ChangeMembers::RemoveNodes(extra), false);
         tokio::time::timeout(CHANGE_TIMEOUT, change)
             .await
-            .map_err(|_| "learner removal timed out".to_string())?
-            .map_err(|e| format!("learner removal: {e}"))?;
+            .map_err(|_| MoveError::step("removing learners", "timed out"))?
+            .map_err(|e| MoveError::step("removing learners", e))?;
     }
-    finish(grid, g, p).await
+    finish(ctx, g, p).await
 }
 
 /// Reports a finished move (if one is recorded) with the group's committed voters.
-async fn finish(grid: &Grid, g: &Group, p: u32) -> Result<(), String> {
-    let meta = grid.meta_state();
+async fn finish(ctx: &Mover, g: &Group, p: u32) -> Result<(), MoveError> {
+    let meta = ctx.groups.meta_state();
     let Some(mv) = meta.moves.get(&p) else {
         return Ok(());
     };
     let m = g.raft.metrics().borrow().clone();
     if !committed_membership(&m) {
-        return Err("the group's membership is not committed yet".into());
+        return Err(MoveError::Uncommitted);
     }
-    progress(grid, p, "finishing", 0);
+    progress(ctx, p, MovePhase::Finishing, 0);
     let cmd = MetaCommand::FinishMove {
         partition: p,
         version: mv.version,
         voters: m.membership_config.voter_ids().collect(),
     };
-    report(grid, cmd).await
+    report(ctx, cmd).await
 }
 
-async fn handoff(grid: &Grid, g: &Group, p: u32, to: NodeId) -> Result<(), String> {
-    let addr = grid
+async fn handoff(ctx: &Mover, g: &Group, p: u32, to: NodeId) -> Result<(), MoveError> {
+    let addr = ctx
+        .groups
         .meta_state()
         .addr(to)
         .map(str::to_string)
-        .ok_or_else(|| format!("member {to} has no address"))?;
-    progress(grid, p, "handing_off", 0);
+        .ok_or(MoveError::NoAddress(to))?;
+    progress(ctx, p, MovePhase::HandingOff, 0);
     g.set_handoff(Some(to));
     let result = async {
         // Wait until the new leader has every entry (writes have stopped).
@@ -362,23 +413,34 @@ async fn handoff(grid: &Grid, g: &Group, p: u32, to: NodeId) -> Result<(), Strin
                 break;
             }
             if Instant::now() > deadline {
-                return Err(format!("member {to} did not catch up"));
+                return Err(MoveError::step(
+                    "the handoff",
+                    format!("member {to} did not catch up"),
+                ));
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let req = PeerRequest::Elect { group: g.id };
-        match grid
+        match ctx
             .transport
             .call(&addr, Lane::Control, req, Duration::from_secs(2))
             .await
         {
             Ok(PeerResponse::Accepted) => {}
-            other => return Err(format!("member {to} did not accept: {other:?}")),
+            other => {
+                return Err(MoveError::step(
+                    "the handoff",
+                    format!("member {to} did not accept: {other:?}"),
+                ))
+            }
         }
         let deadline = Instant::now() + HANDOFF_WAIT;
         while g.is_leader() {
             if Instant::now() > deadline {
-                return Err(format!("member {to} did not take over"));
+                return Err(MoveError::step(
+                    "the handoff",
+                    format!("member {to} did not take over"),
+                ));
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }

@@ -1,85 +1,24 @@
-//! openraft glue: one type config for every group, the sled-backed log store and state
-//! machine, and the network that carries every group's RPCs over the member's shared
-//! [`transport`](crate::transport).
+//! openraft glue: one type config for every group (declared in the wire contract), the
+//! sled-backed log store, the state machine generic over what it applies ([`Machine`]:
+//! maps or metadata), and the network that carries every group's RPCs over the member's
+//! shared [`transport`](crate::transport).
 
 mod log_store;
+mod machine;
 mod network;
 mod state_machine;
 
 use std::fmt;
-use std::io::Cursor;
 use std::sync::Arc;
 
-use serde::{Deserialize, Serialize};
-
 pub use log_store::LogStore;
+pub use machine::{Machine, MetaMachine, PartitionMachine};
 pub use network::NetworkFactory;
 pub use state_machine::StateMachineStore;
 
-use crate::cluster::meta::MetaCommand;
-use crate::structures::map::{MapBatch, OpOutcome};
-
-/// Member ids are stable numbers chosen by the operator (or `devicegrid dev`).
-pub type NodeId = u64;
-/// Raft node info: the member's advertised `host:port`.
-pub type MemberNode = openraft::BasicNode;
-
-/// A Raft group of the grid.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-pub enum GroupId {
-    /// The metadata group: members and partition table.
-    Meta,
-    /// A data partition.
-    Partition(u32),
-}
-
-impl GroupId {
-    /// The 4-byte prefix of the group's keys in storage.
-    pub fn to_key(self) -> u32 {
-        match self {
-            GroupId::Meta => u32::MAX,
-            GroupId::Partition(p) => p,
-        }
-    }
-}
-
-impl fmt::Display for GroupId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            GroupId::Meta => write!(f, "meta"),
-            GroupId::Partition(p) => write!(f, "p{p}"),
-        }
-    }
-}
-
-/// What a Raft entry carries.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub enum Request {
-    /// A change of the metadata group's state.
-    Meta(MetaCommand),
-    /// Map operations of one partition, applied together.
-    Map(MapBatch),
-}
-
-/// What applying an entry returns to the proposer.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub enum Response {
-    /// Nothing to report (blank and membership entries).
-    None,
-    /// What the metadata command did.
-    Meta(crate::cluster::meta::MetaOutcome),
-    /// One outcome per operation of a [`MapBatch`].
-    Map(Vec<OpOutcome>),
-}
-
-openraft::declare_raft_types!(
-    /// The grid's Raft type config, shared by the metadata group and every partition.
-    pub TypeConfig:
-        D = Request,
-        R = Response,
-        NodeId = NodeId,
-        Node = MemberNode,
-);
+pub use devicegrid_proto::entries::GroupId;
+pub use devicegrid_proto::peer::{MemberNode, Request, Response, TypeConfig};
+pub use devicegrid_proto::NodeId;
 
 /// A Raft group handle.
 pub type Raft = openraft::Raft<TypeConfig>;

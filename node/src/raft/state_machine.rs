@@ -1,9 +1,8 @@
-//! [`RaftStateMachine`] for one group: partitions apply map batches, the metadata group
-//! applies [`MetaCommand`](crate::cluster::meta::MetaCommand)s. Each `apply` call is one
-//! atomic sled batch, applied log id included.
+//! [`RaftStateMachine`] for one group, generic over the [`Machine`] it applies (maps for
+//! partitions, metadata for the metadata group). Each `apply` call is one atomic sled batch,
+//! applied log id included; snapshots are the group's whole key range.
 
 use std::io::Cursor;
-use std::sync::Arc;
 
 use openraft::storage::RaftStateMachine;
 use openraft::{
@@ -11,17 +10,12 @@ use openraft::{
     StoredMembership,
 };
 use serde::{Deserialize, Serialize};
-use tokio::sync::watch;
-
-use super::{
-    any_error, Entry, GroupId, MemberNode, NodeId, Request, Response, StorageError, TypeConfig,
-};
-use crate::cluster::meta::{self, MetaState};
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 use sled::Transactional;
 
+use super::machine::Machine;
+use super::{any_error, Entry, GroupId, MemberNode, NodeId, Response, StorageError, TypeConfig};
 use crate::storage::{decode, encode, group_key, sm_space, Overlay, Storage};
-use crate::structures::map;
 
 /// What the `APPLIED` key of a group holds.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -47,12 +41,11 @@ struct StoredSnapshot {
 }
 
 /// One group's state machine.
-pub struct StateMachineStore {
+pub struct StateMachineStore<M> {
     group: GroupId,
     st: Storage,
     applied: AppliedState,
-    /// Published metadata state (metadata group only).
-    meta_tx: Option<watch::Sender<Arc<MetaState>>>,
+    machine: M,
 }
 
 fn read_err(e: impl std::fmt::Display) -> StorageError {
@@ -63,69 +56,25 @@ fn write_err(e: impl std::fmt::Display) -> StorageError {
     StorageIOError::write_state_machine(any_error(e)).into()
 }
 
-impl StateMachineStore {
-    /// Opens the state machine of `group`; `meta_tx` receives the metadata state of the
-    /// metadata group whenever it changes.
-    pub fn open(
-        st: Storage,
-        group: GroupId,
-        meta_tx: Option<watch::Sender<Arc<MetaState>>>,
-    ) -> crate::Result<Self> {
+impl<M: Machine> StateMachineStore<M> {
+    /// Opens the state machine of `group`, applying with `machine`.
+    pub fn open(st: Storage, group: GroupId, mut machine: M) -> crate::Result<Self> {
         let key = group_key(group.to_key(), &[sm_space::APPLIED]);
         let applied = match st.state_machine.get(key)? {
             Some(b) => decode(&b)?,
             None => AppliedState::default(),
         };
-        let sm = StateMachineStore {
+        machine.stored(&st, true)?;
+        Ok(StateMachineStore {
             group,
             st,
             applied,
-            meta_tx,
-        };
-        sm.publish_meta()?;
-        Ok(sm)
-    }
-
-    /// Reads the stored metadata state of a member (empty before bootstrap).
-    pub fn load_meta(st: &Storage) -> crate::Result<MetaState> {
-        let key = group_key(GroupId::Meta.to_key(), &[sm_space::META]);
-        Ok(match st.state_machine.get(key)? {
-            Some(b) => decode(&b)?,
-            None => MetaState::default(),
-        })
-    }
-
-    fn publish_meta(&self) -> crate::Result<()> {
-        if let Some(tx) = &self.meta_tx {
-            let state = Self::load_meta(&self.st)?;
-            tx.send_replace(Arc::new(state));
-        }
-        Ok(())
-    }
-
-    fn apply_request(&mut self, view: &mut Overlay<'_>, req: &Request) -> crate::Result<Response> {
-        Ok(match (self.group, req) {
-            (GroupId::Partition(_), Request::Map(batch)) => {
-                Response::Map(map::apply_batch(view, &mut self.applied.revision, batch)?)
-            }
-            (GroupId::Meta, Request::Meta(cmd)) => {
-                let mut state: MetaState = match view.get(&[sm_space::META])? {
-                    Some(b) => decode(&b)?,
-                    None => MetaState::default(),
-                };
-                let outcome = meta::apply(&mut state, cmd);
-                if outcome == meta::MetaOutcome::Applied {
-                    view.put(&[sm_space::META], encode(&state)?);
-                }
-                Response::Meta(outcome)
-            }
-            // A request proposed to the wrong kind of group changes nothing, on every replica.
-            _ => Response::None,
+            machine,
         })
     }
 }
 
-impl RaftStateMachine<TypeConfig> for StateMachineStore {
+impl<M: Machine> RaftStateMachine<TypeConfig> for StateMachineStore<M> {
     type SnapshotBuilder = SnapshotBuilder;
 
     async fn applied_state(
@@ -142,20 +91,19 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let tree = self.st.state_machine.clone();
         let mut view = Overlay::new(&tree, self.group.to_key());
         let mut out = Vec::new();
-        let mut meta_changed = false;
         for entry in entries {
             self.applied.last_applied = Some(entry.log_id);
             let resp = match &entry.payload {
                 EntryPayload::Blank => Response::None,
-                EntryPayload::Normal(req) => {
-                    self.apply_request(&mut view, req).map_err(write_err)?
-                }
+                EntryPayload::Normal(req) => self
+                    .machine
+                    .apply(&mut view, &mut self.applied.revision, req)
+                    .map_err(write_err)?,
                 EntryPayload::Membership(m) => {
                     self.applied.membership = StoredMembership::new(Some(entry.log_id), m.clone());
                     Response::None
                 }
             };
-            meta_changed |= matches!(resp, Response::Meta(meta::MetaOutcome::Applied));
             out.push(resp);
         }
         view.put(
@@ -163,9 +111,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             encode(&self.applied).map_err(write_err)?,
         );
         view.commit().map_err(write_err)?;
-        if meta_changed {
-            self.publish_meta().map_err(read_err)?;
-        }
+        self.machine.stored(&self.st, false).map_err(read_err)?;
         Ok(out)
     }
 
@@ -257,7 +203,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             })
             .map_err(|e: TransactionError<()>| write_err(format!("{e:?}")))?;
         self.applied = applied;
-        self.publish_meta().map_err(read_err)?;
+        self.machine.stored(&self.st, true).map_err(read_err)?;
         Ok(())
     }
 

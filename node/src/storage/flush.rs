@@ -8,7 +8,14 @@ use std::sync::mpsc;
 
 use tokio::sync::oneshot;
 
-type Done = Box<dyn FnOnce(Result<(), String>) + Send>;
+use crate::runtime::{gather, Limits, Weight};
+
+type Done = Box<dyn FnOnce(Result<(), FlushError>) + Send>;
+
+/// A flush that failed: nothing written since the last good flush is known to be durable.
+#[derive(Clone, Debug, thiserror::Error)]
+#[error("flush: {0}")]
+pub struct FlushError(String);
 
 /// Handle to the member's flusher thread. Cloning is cheap.
 #[derive(Clone)]
@@ -23,16 +30,20 @@ impl Flusher {
         let spawned = std::thread::Builder::new()
             .name("sled-flusher".into())
             .spawn(move || {
-                let mut waiting = Vec::new();
                 while let Ok(first) = rx.recv() {
-                    waiting.push(first);
-                    while let Ok(more) = rx.try_recv() {
-                        waiting.push(more);
-                    }
+                    let (waiting, _) = gather(
+                        first,
+                        || rx.try_recv().ok(),
+                        |_| Weight::default(),
+                        Limits::UNBOUNDED,
+                    );
                     // Everything written before the requests above is covered by this flush.
-                    let result = db.flush().map(|_| ()).map_err(|e| e.to_string());
+                    let result = db
+                        .flush()
+                        .map(|_| ())
+                        .map_err(|e| FlushError(e.to_string()));
                     // In request order, so log appends are acknowledged in log order.
-                    for done in waiting.drain(..) {
+                    for done in waiting {
                         done(result.clone());
                     }
                 }
@@ -46,18 +57,18 @@ impl Flusher {
 
     /// Calls `done` once everything written so far is durable. Requests are queued in call
     /// order and completed in that order.
-    pub fn flush_then(&self, done: impl FnOnce(Result<(), String>) + Send + 'static) {
+    pub fn flush_then(&self, done: impl FnOnce(Result<(), FlushError>) + Send + 'static) {
         if let Err(e) = self.tx.send(Box::new(done)) {
-            (e.0)(Err("flusher stopped".into()));
+            (e.0)(Err(FlushError("flusher stopped".into())));
         }
     }
 
     /// Waits until everything written so far is durable.
-    pub async fn flush(&self) -> Result<(), String> {
+    pub async fn flush(&self) -> Result<(), FlushError> {
         let (tx, rx) = oneshot::channel();
         self.flush_then(move |r| {
             let _ = tx.send(r);
         });
-        rx.await.map_err(|_| "flusher stopped".to_string())?
+        rx.await.map_err(|_| FlushError("flusher stopped".into()))?
     }
 }

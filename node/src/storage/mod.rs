@@ -19,7 +19,7 @@
 mod flush;
 mod overlay;
 
-pub use flush::Flusher;
+pub use flush::{FlushError, Flusher};
 pub use overlay::Overlay;
 
 use std::path::Path;
@@ -126,7 +126,10 @@ impl Storage {
             }
             tree.apply_batch(batch)?;
         }
-        self.flusher.flush().await.map_err(Error::Storage)
+        self.flusher
+            .flush()
+            .await
+            .map_err(|e| Error::Storage(e.to_string()))
     }
 }
 

@@ -5,21 +5,13 @@
 //! grow, even across delete and re-create, so `If-Match` never matches a different
 //! incarnation of a key. `If-Match: 0` means "only if absent".
 
-use serde::{Deserialize, Serialize};
-
 use crate::storage::{decode, encode, sm_space, Overlay};
-use crate::structures::processor::{self, Processor};
+use crate::structures::processor;
 use crate::Result;
 
-/// Longest accepted map name, in bytes.
-pub const MAX_MAP_NAME_BYTES: usize = 128;
-/// Longest accepted key, in bytes.
-pub const MAX_KEY_BYTES: usize = 512;
-/// Largest accepted value (serialized JSON), in bytes.
-pub const MAX_VALUE_BYTES: usize = 1024 * 1024;
-/// Deepest nesting a processor may produce (below serde_json's parse limit of 128, so every
-/// stored value can be read back).
-pub const MAX_DEPTH: usize = 100;
+pub use devicegrid_proto::entries::{MapBatch, MapOp, OpOutcome, Record};
+pub use devicegrid_proto::maps::{MAX_DEPTH, MAX_KEY_BYTES, MAX_MAP_NAME_BYTES, MAX_VALUE_BYTES};
+use devicegrid_proto::ErrorCode;
 
 /// Nesting depth of a JSON value (a scalar is 1), without recursion.
 pub fn depth(v: &serde_json::Value) -> usize {
@@ -34,121 +26,6 @@ pub fn depth(v: &serde_json::Value) -> usize {
         }
     }
     max
-}
-
-/// A stored map entry.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Record {
-    /// The value as JSON text.
-    pub value: String,
-    /// The partition revision of the last write.
-    pub version: u64,
-    /// Wall-clock expiry (ms since the Unix epoch), if the entry has a TTL.
-    pub expires_at_ms: Option<u64>,
-}
-
-impl Record {
-    /// Whether the entry is gone at `now_ms`.
-    pub fn expired(&self, now_ms: u64) -> bool {
-        self.expires_at_ms.is_some_and(|t| t <= now_ms)
-    }
-}
-
-/// One mutation of one map entry.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub enum MapOp {
-    /// Set the value.
-    Put {
-        /// Map name.
-        map: String,
-        /// Entry key.
-        key: String,
-        /// The new value as JSON text.
-        value: String,
-        /// Write only if the current version is this (0: only if absent).
-        if_version: Option<u64>,
-        /// Time to live in milliseconds.
-        ttl_ms: Option<u64>,
-    },
-    /// Remove the entry.
-    Delete {
-        /// Map name.
-        map: String,
-        /// Entry key.
-        key: String,
-        /// Remove only if the current version is this.
-        if_version: Option<u64>,
-    },
-    /// Run an entry processor on the current value.
-    Process {
-        /// Map name.
-        map: String,
-        /// Entry key.
-        key: String,
-        /// What to run.
-        processor: Processor,
-    },
-    /// Drop an expired entry (proposed by the partition leader's sweeper).
-    Expire {
-        /// Map name.
-        map: String,
-        /// Entry key.
-        key: String,
-        /// Only if the entry still has this version.
-        version: u64,
-    },
-}
-
-impl MapOp {
-    /// The map and key the operation touches.
-    pub fn target(&self) -> (&str, &str) {
-        match self {
-            MapOp::Put { map, key, .. }
-            | MapOp::Delete { map, key, .. }
-            | MapOp::Process { map, key, .. }
-            | MapOp::Expire { map, key, .. } => (map, key),
-        }
-    }
-}
-
-/// Operations applied together in one Raft entry, with the leader's clock.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct MapBatch {
-    /// Leader wall clock when proposed (ms since the Unix epoch).
-    pub now_ms: u64,
-    /// The operations, applied in order.
-    pub ops: Vec<MapOp>,
-}
-
-/// The result of one [`MapOp`].
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub enum OpOutcome {
-    /// The entry was written.
-    Written {
-        /// Its new version.
-        version: u64,
-        /// The new value, returned by processors.
-        value: Option<String>,
-    },
-    /// The entry was removed.
-    Deleted {
-        /// The version it had.
-        version: u64,
-    },
-    /// There was no entry.
-    NotFound,
-    /// `if_version` did not match.
-    VersionMismatch {
-        /// The current version, if any.
-        current: Option<u64>,
-    },
-    /// The processor refused to run.
-    Failed {
-        /// Machine-readable code.
-        code: String,
-        /// Explanation.
-        message: String,
-    },
 }
 
 /// Storage key suffix of an entry within its partition.
@@ -321,7 +198,7 @@ fn apply_op(view: &mut Overlay<'_>, revision: &mut u64, now: u64, op: &MapOp) ->
                     Ok(v) => Some(v),
                     Err(e) => {
                         return Ok(OpOutcome::Failed {
-                            code: "unreadable_value".into(),
+                            code: ErrorCode::UnreadableValue,
                             message: format!(
                                 "the stored value is not JSON a processor can read: {e}"
                             ),
@@ -332,14 +209,14 @@ fn apply_op(view: &mut Overlay<'_>, revision: &mut u64, now: u64, op: &MapOp) ->
             };
             match processor::run(processor, old, now) {
                 Ok(new) if depth(&new) > MAX_DEPTH => OpOutcome::Failed {
-                    code: "value_too_deep".into(),
+                    code: ErrorCode::ValueTooDeep,
                     message: format!("the result would nest deeper than {MAX_DEPTH} levels"),
                 },
                 Ok(new) => {
                     let text = new.to_string();
                     if text.len() > MAX_VALUE_BYTES {
                         return Ok(OpOutcome::Failed {
-                            code: "value_too_large".into(),
+                            code: ErrorCode::ValueTooLarge,
                             message: format!("the result would exceed {MAX_VALUE_BYTES} bytes"),
                         });
                     }
@@ -351,7 +228,7 @@ fn apply_op(view: &mut Overlay<'_>, revision: &mut u64, now: u64, op: &MapOp) ->
                     }
                 }
                 Err(f) => OpOutcome::Failed {
-                    code: f.code.to_string(),
+                    code: f.code,
                     message: f.message,
                 },
             }
@@ -521,11 +398,11 @@ mod tests {
         let p = MapOp::Process {
             map: "devices".into(),
             key: "d".into(),
-            processor: Processor::MergePatch { patch },
+            processor: processor::Processor::MergePatch { patch },
         };
         let out = run(&t, &mut rev, 1, vec![p.clone()]);
         assert!(
-            matches!(&out[0], OpOutcome::Failed { code, .. } if code == "value_too_deep"),
+            matches!(&out[0], OpOutcome::Failed { code, .. } if *code == ErrorCode::ValueTooDeep),
             "{out:?}"
         );
         // A stored value that does not parse is an outcome, not a failed apply.
@@ -539,7 +416,7 @@ mod tests {
         view.commit().expect("commit");
         let out = run(&t, &mut rev, 1, vec![p]);
         assert!(
-            matches!(&out[0], OpOutcome::Failed { code, .. } if code == "unreadable_value"),
+            matches!(&out[0], OpOutcome::Failed { code, .. } if *code == ErrorCode::UnreadableValue),
             "{out:?}"
         );
     }

@@ -1,52 +1,24 @@
 //! Entry processors: functions of the current value that run atomically in the partition
 //! state machine, so concurrent updates of one entry never lose each other's changes.
 
-use serde::{Deserialize, Serialize};
 use serde_json::{Map, Number, Value};
 
-use crate::structures::shadow::{self, ShadowUpdate};
+pub use devicegrid_proto::maps::{Processor, ShadowPatch, ShadowUpdate};
+use devicegrid_proto::ErrorCode;
 
-/// A processor and its arguments, as named in `POST /v1/maps/{map}/{key}/process`:
-/// `{"processor": "<name>", "args": {...}}`.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "processor", content = "args", rename_all = "snake_case")]
-pub enum Processor {
-    /// RFC 7396 JSON merge patch of the current value (absent counts as `{}`).
-    MergePatch {
-        /// The patch.
-        patch: Value,
-    },
-    /// Adds `by` to the number at JSON pointer `field`, creating it (from 0) when absent.
-    Increment {
-        /// JSON pointer, e.g. `/counters/boots`.
-        field: String,
-        /// The amount (integer or float).
-        by: Number,
-    },
-    /// Applies `patch` only if the value at `field` equals `equals` (`null` matches absent).
-    UpdateIf {
-        /// JSON pointer of the field to test.
-        field: String,
-        /// Expected value.
-        equals: Value,
-        /// Merge patch to apply when the condition holds.
-        patch: Value,
-    },
-    /// Device shadow update (desired and reported documents, delta, per-field timestamps).
-    Shadow(ShadowUpdate),
-}
+use crate::structures::shadow;
 
 /// Why a processor refused to run; becomes a 409 (or 412 for `version_conflict`).
 #[derive(Debug, PartialEq)]
 pub struct Refusal {
     /// Machine-readable code.
-    pub code: &'static str,
+    pub code: ErrorCode,
     /// Explanation.
     pub message: String,
 }
 
 impl Refusal {
-    fn new(code: &'static str, message: impl Into<String>) -> Self {
+    fn new(code: ErrorCode, message: impl Into<String>) -> Self {
         Refusal {
             code,
             message: message.into(),
@@ -71,13 +43,13 @@ const MAX_POINTER_SEGMENTS: usize = 32;
 fn check_pointer(field: &str) -> Result<(), Refusal> {
     if field.matches('/').count() > MAX_POINTER_SEGMENTS {
         return Err(Refusal::new(
-            "invalid_field",
+            ErrorCode::InvalidField,
             format!("field pointers have at most {MAX_POINTER_SEGMENTS} segments"),
         ));
     }
     if field.is_empty() || !field.starts_with('/') {
         return Err(Refusal::new(
-            "invalid_field",
+            ErrorCode::InvalidField,
             format!("field {field:?} must be a JSON pointer such as \"/counters/boots\""),
         ));
     }
@@ -98,7 +70,7 @@ pub fn run(p: &Processor, current: Option<Value>, now_ms: u64) -> Result<Value, 
             let slot = pointer_slot(&mut v, field)?;
             let next = add(slot, by).ok_or_else(|| {
                 Refusal::new(
-                    "not_a_number",
+                    ErrorCode::NotANumber,
                     format!("{field} holds {slot}, not a number"),
                 )
             })?;
@@ -114,7 +86,7 @@ pub fn run(p: &Processor, current: Option<Value>, now_ms: u64) -> Result<Value, 
             let actual = v.pointer(field).cloned().unwrap_or(Value::Null);
             if &actual != equals {
                 return Err(Refusal::new(
-                    "condition_failed",
+                    ErrorCode::ConditionFailed,
                     format!("{field} is {actual}, expected {equals}"),
                 ));
             }
@@ -154,17 +126,20 @@ fn pointer_slot<'v>(v: &'v mut Value, field: &str) -> Result<&'v mut Value, Refu
             Value::Array(a) => {
                 let i: usize = token.parse().map_err(|_| {
                     Refusal::new(
-                        "invalid_field",
+                        ErrorCode::InvalidField,
                         format!("{field}: {token:?} is not an index"),
                     )
                 })?;
                 a.get_mut(i).ok_or_else(|| {
-                    Refusal::new("invalid_field", format!("{field}: index {i} out of range"))
+                    Refusal::new(
+                        ErrorCode::InvalidField,
+                        format!("{field}: index {i} out of range"),
+                    )
                 })?
             }
             other => {
                 return Err(Refusal::new(
-                    "invalid_field",
+                    ErrorCode::InvalidField,
                     format!("{field}: cannot descend into {other}"),
                 ))
             }
@@ -211,11 +186,11 @@ mod tests {
             json!({"n": 9.223372036854776e18})
         );
         let err = run(&p, Some(json!({"c": {"boots": "x"}})), 0).expect_err("string");
-        assert_eq!(err.code, "not_a_number");
+        assert_eq!(err.code, ErrorCode::NotANumber);
         let bad = parse(json!({"processor": "increment", "args": {"field": "boots", "by": 1}}));
         assert_eq!(
             run(&bad, None, 0).expect_err("pointer").code,
-            "invalid_field"
+            ErrorCode::InvalidField
         );
     }
 
@@ -231,7 +206,7 @@ mod tests {
             run(&p, Some(json!({"fw": "1.1"})), 0)
                 .expect_err("cond")
                 .code,
-            "condition_failed"
+            ErrorCode::ConditionFailed
         );
         let absent = parse(json!({"processor": "update_if",
             "args": {"field": "/owner", "equals": null, "patch": {"owner": "me"}}}));

@@ -15,46 +15,11 @@
 //! on the shadow's current version (`version_conflict` otherwise). Timestamps are the
 //! leader's clock in Unix seconds.
 
-use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{json, Map, Value};
 
-use crate::structures::processor::Refusal;
+use devicegrid_proto::ErrorCode;
 
-/// The arguments of the `shadow` processor.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ShadowUpdate {
-    /// Sections to merge.
-    pub state: ShadowPatch,
-    /// Apply only if the shadow currently has this version.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub version: Option<u64>,
-}
-
-/// The `state` of an update. Absent sections are left alone; `null` clears a section.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ShadowPatch {
-    /// Merged into `state.desired`.
-    #[serde(
-        default,
-        deserialize_with = "present",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub desired: Option<Value>,
-    /// Merged into `state.reported`.
-    #[serde(
-        default,
-        deserialize_with = "present",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub reported: Option<Value>,
-}
-
-/// Keeps an explicit `null` as `Some(Value::Null)` (serde would read it as `None`).
-fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Error> {
-    Value::deserialize(d).map(Some)
-}
+use crate::structures::processor::{Refusal, ShadowUpdate};
 
 /// Top-level fields of a shadow document.
 const SHADOW_FIELDS: [&str; 4] = ["state", "metadata", "version", "timestamp"];
@@ -63,7 +28,7 @@ const SHADOW_FIELDS: [&str; 4] = ["state", "metadata", "version", "timestamp"];
 pub fn validate(u: &ShadowUpdate) -> Result<(), Refusal> {
     if u.state.desired.is_none() && u.state.reported.is_none() {
         return Err(refuse(
-            "invalid_shadow",
+            ErrorCode::InvalidShadow,
             "state must name desired and/or reported",
         ));
     }
@@ -74,7 +39,7 @@ pub fn validate(u: &ShadowUpdate) -> Result<(), Refusal> {
         if let Some(v) = section {
             if !(v.is_object() || v.is_null()) {
                 return Err(refuse(
-                    "invalid_shadow",
+                    ErrorCode::InvalidShadow,
                     format!("state.{name} must be an object or null"),
                 ));
             }
@@ -83,7 +48,7 @@ pub fn validate(u: &ShadowUpdate) -> Result<(), Refusal> {
     Ok(())
 }
 
-fn refuse(code: &'static str, message: impl Into<String>) -> Refusal {
+fn refuse(code: ErrorCode, message: impl Into<String>) -> Refusal {
     Refusal {
         code,
         message: message.into(),
@@ -95,7 +60,7 @@ pub fn apply(current: Option<Value>, u: &ShadowUpdate, now_ms: u64) -> Result<Va
     let mut doc = match current {
         Some(Value::Object(m)) if m.keys().all(|k| SHADOW_FIELDS.contains(&k.as_str())) => m,
         Some(_) => return Err(refuse(
-            "not_a_shadow",
+            ErrorCode::NotAShadow,
             "the entry holds a value that is not a shadow document; keep shadows in their own map",
         )),
         None => Map::new(),
@@ -104,7 +69,7 @@ pub fn apply(current: Option<Value>, u: &ShadowUpdate, now_ms: u64) -> Result<Va
     if let Some(expected) = u.version {
         if expected != version {
             return Err(refuse(
-                "version_conflict",
+                ErrorCode::VersionConflict,
                 format!("shadow version is {version}, update expected {expected}"),
             ));
         }
@@ -272,7 +237,7 @@ mod tests {
             0,
         )
         .expect_err("conflict");
-        assert_eq!(err.code, "version_conflict");
+        assert_eq!(err.code, ErrorCode::VersionConflict);
     }
 
     #[test]
@@ -288,7 +253,7 @@ mod tests {
             )
             .expect_err("scalar")
             .code,
-            "not_a_shadow"
+            ErrorCode::NotAShadow
         );
     }
 

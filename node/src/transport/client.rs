@@ -4,10 +4,11 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::sync::{mpsc, oneshot, Semaphore};
-use tokio_util::sync::CancellationToken;
+use tokio::sync::oneshot;
 
 use super::{PeerRequest, PeerResponse, PEER_PATH};
+use crate::runtime::coalesce::QueueSender;
+use crate::runtime::{Coalescer, Limits, QueueFull, Tasks, Weight};
 use crate::storage::{decode, encode};
 
 /// Traffic classes; each has its own queue and connections per peer.
@@ -44,6 +45,9 @@ pub enum TransportError {
     /// No answer before the deadline.
     #[error("timed out after {0:?}")]
     Timeout(Duration),
+    /// The queue to the peer is full; the request was not sent.
+    #[error("overloaded: {0}")]
+    Overloaded(String),
 }
 
 struct Pending {
@@ -57,20 +61,34 @@ struct Pending {
 /// Bytes per batch, roughly: one larger request still travels, alone.
 const MAX_BATCH_BYTES: usize = 8 * 1024 * 1024;
 
+fn pending_weight(p: &Pending) -> Weight {
+    Weight {
+        units: 1,
+        bytes: p.req.len(),
+    }
+}
+
+/// A request whose caller stopped waiting is dropped, never sent.
+fn still_awaited(p: &Pending) -> bool {
+    p.deadline > Instant::now()
+}
+
 /// Batches requests to peers. One per member, shared by every group.
 pub struct Transport {
     http: reqwest::Client,
-    lanes: Mutex<HashMap<(String, Lane), mpsc::UnboundedSender<Pending>>>,
-    shutdown: CancellationToken,
+    lanes: Mutex<HashMap<(String, Lane), QueueSender<Pending>>>,
+    tasks: Tasks,
+    max_queued: usize,
 }
 
 /// Concurrent batches in flight per peer and lane.
 const IN_FLIGHT: usize = 4;
 
 impl Transport {
-    /// A transport whose sender tasks stop with `shutdown`; connections to peers leave from
-    /// `source` when given (else the OS chooses).
-    pub fn new(shutdown: CancellationToken, source: Option<std::net::IpAddr>) -> Arc<Self> {
+    /// A transport whose sender tasks belong to `tasks`; connections to peers leave from
+    /// `source` when given (else the OS chooses); at most `max_queued` requests wait per
+    /// peer and lane.
+    pub fn new(tasks: Tasks, source: Option<std::net::IpAddr>, max_queued: usize) -> Arc<Self> {
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(1))
             .pool_idle_timeout(Duration::from_secs(60))
@@ -81,7 +99,8 @@ impl Transport {
         Arc::new(Transport {
             http,
             lanes: Mutex::new(HashMap::new()),
-            shutdown,
+            tasks,
+            max_queued,
         })
     }
 
@@ -97,12 +116,17 @@ impl Transport {
         let req = encode(&req).map_err(|e| TransportError::NotSent(e.to_string()))?;
         let deadline = Instant::now() + timeout;
         self.lane(addr, lane)
-            .send(Pending {
+            .try_send(Pending {
                 req,
                 deadline,
                 reply: tx,
             })
-            .map_err(|_| TransportError::NotSent("transport stopped".into()))?;
+            .map_err(|(e, _)| match e {
+                QueueFull::Full => {
+                    TransportError::Overloaded(format!("{lane:?} queue to {addr} is full"))
+                }
+                QueueFull::Closed => TransportError::NotSent("transport stopped".into()),
+            })?;
         match tokio::time::timeout(timeout, rx).await {
             Ok(Ok(r)) => r,
             Ok(Err(_)) => Err(TransportError::Failed("sender dropped".into())),
@@ -110,75 +134,35 @@ impl Transport {
         }
     }
 
-    fn lane(&self, addr: &str, lane: Lane) -> mpsc::UnboundedSender<Pending> {
+    fn lane(&self, addr: &str, lane: Lane) -> QueueSender<Pending> {
         let mut lanes = self.lanes.lock().unwrap_or_else(|p| p.into_inner());
         lanes
             .entry((addr.to_string(), lane))
             .or_insert_with(|| {
-                let (tx, rx) = mpsc::unbounded_channel();
+                let limits = Limits {
+                    units: lane.max_batch(),
+                    bytes: MAX_BATCH_BYTES,
+                };
+                let (tx, queue) =
+                    Coalescer::new(self.max_queued, limits, pending_weight, still_awaited);
                 let url = format!("http://{addr}{PEER_PATH}");
-                tokio::spawn(run_lane(
-                    self.http.clone(),
-                    url,
-                    lane,
-                    rx,
-                    self.shutdown.clone(),
-                ));
+                self.tasks
+                    .spawn(run_lane(self.http.clone(), url, queue, self.tasks.clone()));
                 tx
             })
             .clone()
     }
 }
 
-async fn run_lane(
-    http: reqwest::Client,
-    url: String,
-    lane: Lane,
-    mut rx: mpsc::UnboundedReceiver<Pending>,
-    shutdown: CancellationToken,
-) {
-    let slots = Arc::new(Semaphore::new(IN_FLIGHT));
-    let mut carried: Option<Pending> = None;
-    loop {
-        let first = match carried.take() {
-            Some(p) => p,
-            None => tokio::select! {
-                _ = shutdown.cancelled() => return,
-                p = rx.recv() => match p { Some(p) => p, None => return },
-            },
-        };
-        let Ok(permit) = slots.clone().acquire_owned().await else {
-            return;
-        };
-        // Take whatever queued up while waiting for a slot, dropping what expired.
-        let now = Instant::now();
-        let mut bytes = first.req.len();
-        let mut batch: Vec<Pending> = std::iter::once(first)
-            .filter(|p| p.deadline > now)
-            .collect();
-        while batch.len() < lane.max_batch() && bytes < MAX_BATCH_BYTES {
-            match rx.try_recv() {
-                Ok(p) if p.deadline <= now => {}
-                Ok(p) if bytes + p.req.len() > MAX_BATCH_BYTES && !batch.is_empty() => {
-                    carried = Some(p);
-                    break;
-                }
-                Ok(p) => {
-                    bytes += p.req.len();
-                    batch.push(p);
-                }
-                Err(_) => break,
-            }
-        }
-        if batch.is_empty() {
-            continue;
-        }
-        let (http, url) = (http.clone(), url.clone());
-        tokio::spawn(async move {
-            send_batch(&http, &url, batch).await;
-            drop(permit);
-        });
-    }
+/// Sends the lane's batches, at most [`IN_FLIGHT`] at once; whatever queued while all were
+/// busy travels in the next batch.
+async fn run_lane(http: reqwest::Client, url: String, queue: Coalescer<Pending>, tasks: Tasks) {
+    queue
+        .run(IN_FLIGHT, tasks, |batch| {
+            let (http, url) = (http.clone(), url.clone());
+            async move { send_batch(&http, &url, batch).await }
+        })
+        .await;
 }
 
 async fn send_batch(http: &reqwest::Client, url: &str, batch: Vec<Pending>) {

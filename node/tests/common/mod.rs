@@ -123,6 +123,14 @@ impl TestGrid {
         id
     }
 
+    /// Process id of member `id` (which must be running).
+    pub fn pid(&self, id: u64) -> u32 {
+        self.procs[id as usize - 1]
+            .as_ref()
+            .map(Child::id)
+            .expect("member running")
+    }
+
     /// Whether member `id`'s process is running (started and not killed or stopped).
     pub fn running(&self, id: u64) -> bool {
         self.procs[id as usize - 1].is_some()
@@ -308,6 +316,19 @@ impl TestGrid {
         }
     }
 
+    /// `method path` on member `via` (no body): the status and the JSON answer (`null` when
+    /// the answer is not JSON).
+    pub async fn request(&self, method: reqwest::Method, via: u64, path: &str) -> (u16, Value) {
+        let resp = self
+            .http
+            .request(method, format!("{}{path}", self.url(via)))
+            .send()
+            .await
+            .expect("request");
+        let status = resp.status().as_u16();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+
     pub async fn put(&self, id: u64, map: &str, key: &str, value: &Value) -> Result<u64, String> {
         let resp = self
             .http
@@ -347,6 +368,13 @@ impl TestGrid {
             s => Err(format!("{s}: {}", resp.text().await.unwrap_or_default())),
         }
     }
+}
+
+/// Runs a test body, failing the test when it takes longer than `secs`.
+pub async fn within<F: Future<Output = ()>>(secs: u64, body: F) {
+    tokio::time::timeout(Duration::from_secs(secs), body)
+        .await
+        .expect("test finished within its deadline");
 }
 
 /// The value of a gauge in a Prometheus text exposition.

@@ -1,6 +1,7 @@
 //! Shared scaffolding of the operator's integration tests: a real kube-apiserver and etcd
 //! (`scripts/apiserver.sh`), the chart installed with the real helm binary, the operator
-//! binary run under the chart's ServiceAccount token, and a stand-in grid admin API.
+//! binary run under the chart's ServiceAccount token, and a stand-in grid admin API whose
+//! answers are the wire contract's types, so they cannot drift from what members serve.
 
 use std::io::Read;
 use std::net::TcpListener;
@@ -11,10 +12,11 @@ use std::time::{Duration, Instant};
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::response::IntoResponse;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use devicegrid_operator::reconciler::{ClusterView, ViewMember};
+use devicegrid_proto::views::{ClusterView, MemberView};
+use devicegrid_proto::{ErrorBody, ErrorCode, ErrorDetail, MemberState};
 use k8s_openapi::api::authentication::v1::TokenRequest;
 use k8s_openapi::api::core::v1::ServiceAccount;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
@@ -313,29 +315,44 @@ async fn fake_cluster(State(g): State<Shared>) -> Json<ClusterView> {
     Json(g.lock().expect("fake").view.clone())
 }
 
-async fn fake_drain(State(g): State<Shared>, Path(id): Path<u64>) -> impl IntoResponse {
-    let mut g = g.lock().expect("fake");
-    if g.refuse {
-        let body = json!({ "error": { "code": "drain_refused", "message": "too few members would be left" } });
-        return (StatusCode::CONFLICT, Json(body));
-    }
-    let Some(m) = g.view.members.iter_mut().find(|m| m.id == id) else {
-        let body = json!({ "error": { "code": "member_not_found", "message": format!("member {id} is not a member") } });
-        return (StatusCode::NOT_FOUND, Json(body));
+/// An error answer as members send it: the status decided by the code.
+fn refusal(code: ErrorCode, message: String) -> Response {
+    let status = StatusCode::from_u16(code.status()).expect("an HTTP status");
+    let body = ErrorBody {
+        error: ErrorDetail::new(code, message),
     };
-    m.state = "draining".into();
-    g.drains.push(id);
-    (StatusCode::ACCEPTED, Json(json!({ "id": id })))
+    (status, Json(body)).into_response()
 }
 
-pub fn members(n: u64) -> Vec<ViewMember> {
+async fn fake_drain(State(g): State<Shared>, Path(id): Path<u64>) -> Response {
+    let mut g = g.lock().expect("fake");
+    if g.refuse {
+        let message = "too few members would be left".to_string();
+        return refusal(ErrorCode::DrainRefused, message);
+    }
+    let Some(m) = g.view.members.iter_mut().find(|m| m.id == id) else {
+        let message = format!("member {id} is not a member");
+        return refusal(ErrorCode::MemberNotFound, message);
+    };
+    m.state = MemberState::Draining;
+    let accepted = m.clone();
+    g.drains.push(id);
+    (StatusCode::ACCEPTED, Json(Some(accepted))).into_response()
+}
+
+/// `n` active members, ready, the replicas of 271 partitions spread evenly.
+pub fn members(n: u64) -> Vec<MemberView> {
+    let share = |total: u64| usize::try_from(total / n).expect("a count");
     (1..=n)
-        .map(|id| ViewMember {
+        .map(|id| MemberView {
             id,
-            state: "active".into(),
+            address: format!("fleet-{}.fleet-members.iot.svc:7001", id - 1),
+            zone: None,
+            state: MemberState::Active,
+            reachable: true,
             ready: true,
-            partitions_held: 271 * 3 / n,
-            partitions_led: 271 / n,
+            partitions_held: share(271 * 3),
+            partitions_led: share(271),
         })
         .collect()
 }
@@ -345,8 +362,12 @@ pub async fn serve_fake(n: u64) -> (Shared, String) {
     let fake: Shared = Arc::default();
     {
         let mut f = fake.lock().expect("fake");
+        f.view.cluster_name = "fleet".into();
+        f.view.answered_by = 1;
+        f.view.bootstrapped = true;
         f.view.members = members(n);
         f.view.partitions.count = 271;
+        f.view.partitions.replication_factor = 3;
         f.view.balance.balanced = true;
     }
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")

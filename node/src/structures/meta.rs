@@ -1,296 +1,26 @@
-//! The metadata group's replicated state: members, the partition table, replica moves and
+//! The metadata group's state machine: members, the partition table, replica moves and
 //! grid settings.
 //!
 //! Only the metadata group applies [`MetaCommand`]s, and [`apply`] is a pure function of
 //! the state and the command, so every replica reaches the same state. Checks that depend on
 //! the state (may this member drain?) are made here, at apply time, not by the proposer.
 //! Every member keeps the latest applied [`MetaState`] in a watch channel; partitions are
-//! hosted, moved and routed from it.
+//! hosted, moved and routed from it. The types themselves are part of the wire contract
+//! (`devicegrid_proto::entries`).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 
-use serde::{Deserialize, Serialize};
+pub use devicegrid_proto::entries::{
+    MemberInfo, MetaCall, MetaCommand, MetaOutcome, MetaReply, MetaState, PartitionInfo,
+};
+pub use devicegrid_proto::views::{MemberState, Move, MoveReason};
+use devicegrid_proto::ErrorCode;
 
-use crate::cluster::placement;
-use crate::raft::NodeId;
+use crate::structures::placement;
+use devicegrid_proto::NodeId;
 
-/// Lifecycle of a member.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum MemberState {
-    /// Registered, not yet given replicas.
-    Joining,
-    /// Holding replicas and serving.
-    Active,
-    /// Giving its replicas away.
-    Draining,
-    /// Holds nothing; safe to stop.
-    Decommissioned,
-}
-
-impl MemberState {
-    /// The name used in the API (`joining`, `active`, ...).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            MemberState::Joining => "joining",
-            MemberState::Active => "active",
-            MemberState::Draining => "draining",
-            MemberState::Decommissioned => "decommissioned",
-        }
-    }
-}
-
-/// A member as the metadata group records it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct MemberInfo {
-    /// Stable member id.
-    pub id: NodeId,
-    /// Advertised `host:port` of its HTTP endpoint (API and peer traffic).
-    pub addr: String,
-    /// Failure zone (a Kubernetes node's `topology.kubernetes.io/zone`), if known.
-    #[serde(default)]
-    pub zone: Option<String>,
-    /// Lifecycle state.
-    pub state: MemberState,
-}
-
-/// One partition in the table.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PartitionInfo {
-    /// Replicas the partition should have; the first is the preferred leader. During a move
-    /// the target is already listed and the source is not.
-    pub replicas: Vec<NodeId>,
-    /// Incremented by every start, end or cancel of a move; identifies a move.
-    pub version: u64,
-    /// Whether the group has been created (initialized by its first replica and led once).
-    /// Until then its replicas are as bootstrapped and nothing moves; after, replicas are
-    /// only ever added by the group's leader.
-    #[serde(default)]
-    pub created: bool,
-}
-
-/// Why a replica moves.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum MoveReason {
-    /// Evening out replica counts (a member joined).
-    Balance,
-    /// The source member is draining.
-    Drain,
-    /// The source member has been down past the grace period.
-    Failure,
-    /// The partition has fewer replicas than the replication factor.
-    Repair,
-}
-
-/// A replica move in progress: `to` is being added, then `from` (if any) removed.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Move {
-    /// The partition's version once the move started; finishing or cancelling names it.
-    pub version: u64,
-    /// The replica being replaced (`None`: a replica is added).
-    pub from: Option<NodeId>,
-    /// The member receiving the replica.
-    pub to: NodeId,
-    /// Why.
-    pub reason: MoveReason,
-    /// When the metadata leader started it (ms since the epoch, its clock).
-    pub started_ms: u64,
-}
-
-/// The metadata group's state.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct MetaState {
-    /// Number of partitions, fixed at bootstrap.
-    pub partition_count: u32,
-    /// Replicas per partition the grid aims for (fewer while there are fewer members).
-    pub replication_factor: u32,
-    /// Members by id.
-    pub members: BTreeMap<NodeId, MemberInfo>,
-    /// The partition table.
-    pub partitions: Vec<PartitionInfo>,
-    /// Moves in progress, by partition (at most one per partition).
-    #[serde(default)]
-    pub moves: BTreeMap<u32, Move>,
-    /// Moves finished since bootstrap.
-    #[serde(default)]
-    pub moves_finished: u64,
-    /// Incremented by every change.
-    pub epoch: u64,
-}
-
-impl MetaState {
-    /// Whether the partition table exists.
-    pub fn bootstrapped(&self) -> bool {
-        !self.partitions.is_empty()
-    }
-
-    /// Replicas of partition `p` (empty before bootstrap or when out of range).
-    pub fn replicas(&self, p: u32) -> &[NodeId] {
-        self.partitions
-            .get(p as usize)
-            .map(|i| i.replicas.as_slice())
-            .unwrap_or(&[])
-    }
-
-    /// Version of partition `p`'s replica set.
-    pub fn version(&self, p: u32) -> u64 {
-        self.partitions.get(p as usize).map_or(0, |i| i.version)
-    }
-
-    /// Address of member `id`.
-    pub fn addr(&self, id: NodeId) -> Option<&str> {
-        self.members.get(&id).map(|m| m.addr.as_str())
-    }
-
-    /// State of member `id`.
-    pub fn state(&self, id: NodeId) -> Option<MemberState> {
-        self.members.get(&id).map(|m| m.state)
-    }
-
-    /// Partitions `id` holds a replica of, or gives one away from.
-    pub fn held_by(&self, id: NodeId) -> impl Iterator<Item = u32> + '_ {
-        (0..self.partition_count).filter(move |p| {
-            self.replicas(*p).contains(&id) || self.moves.get(p).is_some_and(|m| m.from == Some(id))
-        })
-    }
-
-    /// Whether member `id` must keep a replica of `p`: it is listed, or a move away from it
-    /// has not finished.
-    pub fn hosts(&self, id: NodeId, p: u32) -> bool {
-        self.replicas(p).contains(&id) || self.moves.get(&p).is_some_and(|m| m.from == Some(id))
-    }
-
-    /// Active members.
-    pub fn active(&self) -> impl Iterator<Item = &MemberInfo> {
-        self.members
-            .values()
-            .filter(|m| m.state == MemberState::Active)
-    }
-}
-
-/// A change of the metadata state.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub enum MetaCommand {
-    /// Registers a member or updates its address and zone. A decommissioned member that
-    /// comes back joins again (it holds nothing).
-    Join {
-        /// Member id.
-        id: NodeId,
-        /// Advertised address.
-        addr: String,
-        /// Failure zone.
-        zone: Option<String>,
-    },
-    /// Makes the listed registered members active and creates the partition table; ignored
-    /// once done.
-    Bootstrap {
-        /// The initial members (registered before).
-        members: Vec<NodeId>,
-        /// Number of partitions.
-        partition_count: u32,
-        /// Replicas per partition.
-        replication_factor: u32,
-    },
-    /// A joining member becomes active (and eligible for replicas).
-    Activate {
-        /// Member id.
-        id: NodeId,
-    },
-    /// Starts moving every replica off a member. Refused when the active members left
-    /// would be fewer than the replication factor.
-    Drain {
-        /// Member id.
-        id: NodeId,
-    },
-    /// A draining member that holds nothing is decommissioned.
-    Decommission {
-        /// Member id.
-        id: NodeId,
-    },
-    /// Starts a move (see [`Move`]).
-    StartMove {
-        /// Partition.
-        partition: u32,
-        /// Replica replaced, if any.
-        from: Option<NodeId>,
-        /// New replica.
-        to: NodeId,
-        /// Why.
-        reason: MoveReason,
-        /// Start time (ms since the epoch).
-        now_ms: u64,
-    },
-    /// The partition's committed Raft voters equal its table entry: the move is done.
-    FinishMove {
-        /// Partition.
-        partition: u32,
-        /// The move's version ([`Move::version`]).
-        version: u64,
-        /// The group's voters, as its leader committed them.
-        voters: Vec<NodeId>,
-    },
-    /// Rolls a move back: the source is listed again, the target not. Proposed by the
-    /// partition leader only, and only while the target is not a voter.
-    CancelMove {
-        /// Partition.
-        partition: u32,
-        /// The move's version ([`Move::version`]).
-        version: u64,
-    },
-    /// The partition's group exists (its first leader reports it).
-    PartitionCreated {
-        /// Partition.
-        partition: u32,
-    },
-    /// Makes `leader` the partition's preferred leader (first in its replica list).
-    SetPreferredLeader {
-        /// Partition.
-        partition: u32,
-        /// One of its replicas.
-        leader: NodeId,
-    },
-}
-
-/// A request for the metadata leader.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub enum MetaCall {
-    /// Commit a command.
-    Propose(MetaCommand),
-    /// The version of a partition in the latest committed state (a linearizable read).
-    Version(u32),
-}
-
-/// The metadata leader's answer to a [`MetaCall`].
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum MetaReply {
-    /// What the command did.
-    Outcome(MetaOutcome),
-    /// The partition's version.
-    Version(u64),
-}
-
-/// What applying a [`MetaCommand`] did.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum MetaOutcome {
-    /// The state changed.
-    Applied,
-    /// Nothing to do (already so, or no longer applicable).
-    Unchanged,
-    /// Refused, with an error code and a message for the caller.
-    Refused {
-        /// Machine-readable code (`member_not_found`, `drain_refused`, ...).
-        code: String,
-        /// What was wrong.
-        message: String,
-    },
-}
-
-fn refused(code: &str, message: String) -> MetaOutcome {
-    MetaOutcome::Refused {
-        code: code.into(),
-        message,
-    }
+fn refused(code: ErrorCode, message: String) -> MetaOutcome {
+    MetaOutcome::Refused { code, message }
 }
 
 /// Applies `cmd` to `state`.
@@ -321,7 +51,9 @@ fn apply_inner(s: &mut MetaState, cmd: &MetaCommand) -> MetaOutcome {
                 }
                 MetaOutcome::Applied
             }
-            None if *id == 0 => refused("invalid_member", "member id 0 is reserved".into()),
+            None if *id == 0 => {
+                refused(ErrorCode::InvalidMemberId, "member id 0 is reserved".into())
+            }
             None => {
                 s.members.insert(
                     *id,
@@ -349,7 +81,10 @@ fn apply_inner(s: &mut MetaState, cmd: &MetaCommand) -> MetaOutcome {
                 .filter(|id| s.members.contains_key(id))
                 .collect();
             if ids.is_empty() {
-                return refused("no_members", "no registered member to bootstrap".into());
+                return refused(
+                    ErrorCode::NoMembers,
+                    "no registered member to bootstrap".into(),
+                );
             }
             for id in &ids {
                 if let Some(m) = s.members.get_mut(id) {
@@ -381,7 +116,10 @@ fn apply_inner(s: &mut MetaState, cmd: &MetaCommand) -> MetaOutcome {
         },
         MetaCommand::Drain { id } => {
             let Some(state) = s.state(*id) else {
-                return refused("member_not_found", format!("member {id} is not a member"));
+                return refused(
+                    ErrorCode::MemberNotFound,
+                    format!("member {id} is not a member"),
+                );
             };
             match state {
                 MemberState::Draining | MemberState::Decommissioned => MetaOutcome::Unchanged,
@@ -393,7 +131,7 @@ fn apply_inner(s: &mut MetaState, cmd: &MetaCommand) -> MetaOutcome {
                     let left = s.active().filter(|m| m.id != *id).count() as u32;
                     if left < s.replication_factor {
                         return refused(
-                            "drain_refused",
+                            ErrorCode::DrainRefused,
                             format!(
                                 "draining member {id} would leave {left} active member(s), \
                                  fewer than the replication factor {}",
@@ -422,7 +160,10 @@ fn apply_inner(s: &mut MetaState, cmd: &MetaCommand) -> MetaOutcome {
         } => {
             let p = *partition;
             let Some(info) = s.partitions.get(p as usize) else {
-                return refused("invalid_move", format!("partition {p} does not exist"));
+                return refused(
+                    ErrorCode::InvalidMove,
+                    format!("partition {p} does not exist"),
+                );
             };
             let valid = info.created
                 && !s.moves.contains_key(&p)
@@ -592,12 +333,12 @@ pub(crate) mod tests {
         let mut s = grid(3, 8, 3);
         let out = apply(&mut s, &MetaCommand::Drain { id: 2 });
         assert!(
-            matches!(&out, MetaOutcome::Refused { code, .. } if code == "drain_refused"),
+            matches!(&out, MetaOutcome::Refused { code, .. } if *code == ErrorCode::DrainRefused),
             "{out:?}"
         );
         assert!(matches!(
             apply(&mut s, &MetaCommand::Drain { id: 9 }),
-            MetaOutcome::Refused { code, .. } if code == "member_not_found"
+            MetaOutcome::Refused { code, .. } if code == ErrorCode::MemberNotFound
         ));
         join(&mut s, 4, None);
         assert_eq!(

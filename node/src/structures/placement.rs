@@ -13,8 +13,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::cluster::meta::{self, MemberState, MetaCommand, MetaOutcome, MetaState, MoveReason};
-use crate::raft::NodeId;
+use crate::structures::meta::{self, MemberState, MetaCommand, MetaOutcome, MetaState, MoveReason};
+use devicegrid_proto::NodeId;
 
 /// The initial table: `partitions` replica lists of `rf` members (capped at the member
 /// count); the first replica of each is the preferred leader, chosen among its replicas as
@@ -273,7 +273,7 @@ fn leader_counts(s: &MetaState, eligible: &[NodeId]) -> BTreeMap<NodeId, usize> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cluster::meta::tests::{grid, join};
+    use crate::structures::meta::tests::{grid, join};
 
     fn spread(counts: &BTreeMap<NodeId, usize>) -> usize {
         let (min, max) = (counts.values().min(), counts.values().max());
