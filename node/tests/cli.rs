@@ -5,29 +5,9 @@ use std::net::TcpListener;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use devicegrid_testkit::free_run;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-
-/// A base port with `n` free consecutive ports after it.
-fn free_run(n: u16) -> u16 {
-    for _ in 0..200 {
-        let base = TcpListener::bind("127.0.0.1:0")
-            .expect("bind")
-            .local_addr()
-            .expect("addr")
-            .port();
-        if base > 65_000 {
-            continue;
-        }
-        let held: Vec<_> = (0..n)
-            .filter_map(|i| TcpListener::bind(("127.0.0.1", base + i)).ok())
-            .collect();
-        if held.len() == n as usize {
-            return base;
-        }
-    }
-    panic!("no run of {n} free ports");
-}
 
 /// Runs `devicegrid dev` until it prints `ready`; returns the child and the lines before it.
 fn start_dev(dir: &std::path::Path, base: u16) -> (std::process::Child, Vec<String>) {

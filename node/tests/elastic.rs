@@ -33,6 +33,20 @@ fn set_members(urls: &RwLock<Vec<String>>, grid: &TestGrid, members: &[u64]) {
     *urls.write().expect("urls") = members.iter().map(|id| grid.url(*id)).collect();
 }
 
+/// Starts writers on members 1-3 of a fresh 3-member grid, then adds two members and
+/// points the writers at all five once they are ready (as behind a Kubernetes Service).
+async fn grow_to_five_under_load(
+    grid: &mut TestGrid,
+) -> (Arc<RwLock<Vec<String>>>, Workload, u64, u64) {
+    grid.wait_ready(Duration::from_secs(60)).await;
+    let (urls, w) = workload(grid, &[1, 2, 3]);
+    wait_writes(&w, 100, "writes before the join").await;
+    let (a, b) = (grid.add_member(), grid.add_member());
+    grid.wait_ready(Duration::from_secs(60)).await;
+    set_members(&urls, grid, &[1, 2, 3, a, b]);
+    (urls, w, a, b)
+}
+
 async fn wait_writes(w: &Workload, n: u64, what: &str) {
     let start = w.ok_writes();
     let result = wait_for(Duration::from_secs(60), what, || {
@@ -117,15 +131,8 @@ fn member(view: &Value, id: u64) -> &Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn members_join_and_drain_under_load() {
     let mut grid = TestGrid::start(3, 32);
-    grid.wait_ready(Duration::from_secs(60)).await;
-    let (urls, w) = workload(&grid, &[1, 2, 3]);
-    wait_writes(&w, 100, "writes before the join").await;
-
     // 3 -> 5: the new members receive replicas and leaderships.
-    let (a, b) = (grid.add_member(), grid.add_member());
-    // Clients use a member once it is ready, as behind a Kubernetes Service.
-    grid.wait_ready(Duration::from_secs(60)).await;
-    set_members(&urls, &grid, &[1, 2, 3, a, b]);
+    let (urls, w, a, b) = grow_to_five_under_load(&mut grid).await;
     let view = grid
         .wait_balanced(1, &[1, 2, 3, 4, 5], Duration::from_secs(150))
         .await;
@@ -170,12 +177,7 @@ async fn members_join_and_drain_under_load() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn moves_survive_kill9_and_a_paused_leader() {
     let mut grid = TestGrid::start_with(3, 32, &["--max-moves", "2"]);
-    grid.wait_ready(Duration::from_secs(60)).await;
-    let (urls, w) = workload(&grid, &[1, 2, 3]);
-    wait_writes(&w, 100, "writes before the join").await;
-    let (a, b) = (grid.add_member(), grid.add_member());
-    grid.wait_ready(Duration::from_secs(60)).await;
-    set_members(&urls, &grid, &[1, 2, 3, a, b]);
+    let (urls, w, a, _) = grow_to_five_under_load(&mut grid).await;
 
     // kill -9 of an initial member (source of moves, maybe the metadata leader) mid-move.
     wait_moves_in_progress(&grid).await;

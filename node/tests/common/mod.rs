@@ -8,6 +8,8 @@ pub mod workload;
 
 use std::future::Future;
 use std::net::TcpListener;
+
+use devicegrid_testkit::free_ports;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -31,17 +33,6 @@ pub struct TestGrid {
     /// Proxy port of each member (when `net` is set).
     proxy_ports: Vec<u16>,
     pub http: reqwest::Client,
-}
-
-/// `n` free loopback ports (bound together, so they are distinct, then released).
-fn free_ports(n: usize) -> Vec<u16> {
-    let listeners: Vec<TcpListener> = (0..n)
-        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind a free port"))
-        .collect();
-    listeners
-        .iter()
-        .map(|l| l.local_addr().expect("addr").port())
-        .collect()
 }
 
 impl TestGrid {
@@ -401,14 +392,17 @@ where
     F: FnMut() -> Fut,
     Fut: Future<Output = bool>,
 {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if check().await {
-            return Ok(());
+    let every = Duration::from_millis(100);
+    devicegrid_testkit::until(timeout, every, || {
+        let done = check();
+        async move {
+            if done.await {
+                Ok(())
+            } else {
+                Err(String::new())
+            }
         }
-        if Instant::now() > deadline {
-            return Err(format!("timed out after {timeout:?} waiting for {what}"));
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    })
+    .await
+    .map_err(|_| format!("timed out after {timeout:?} waiting for {what}"))
 }

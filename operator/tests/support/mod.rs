@@ -4,11 +4,11 @@
 //! answers are the wire contract's types, so they cannot drift from what members serve.
 
 use std::io::Read;
-use std::net::TcpListener;
+
 use std::path::{Path as FsPath, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -17,6 +17,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use devicegrid_proto::views::{ClusterView, MemberView};
 use devicegrid_proto::{ErrorBody, ErrorCode, ErrorDetail, MemberState};
+pub use devicegrid_testkit::free_run;
 use k8s_openapi::api::authentication::v1::TokenRequest;
 use k8s_openapi::api::core::v1::ServiceAccount;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
@@ -146,43 +147,19 @@ pub fn tool(script: &str) -> PathBuf {
     PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
 }
 
-/// A base port with `n` free consecutive ports.
-pub fn free_run(n: u16) -> u16 {
-    for _ in 0..200 {
-        let base = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .unwrap_or(0);
-        if base == 0 || base > 60_000 {
-            continue;
-        }
-        let held: Vec<_> = (0..n)
-            .filter_map(|i| TcpListener::bind(("127.0.0.1", base + i)).ok())
-            .collect();
-        if held.len() == n as usize {
-            return base;
-        }
-    }
-    panic!("no run of {n} free ports");
-}
-
 /// Polls `check` every 200 ms until it returns `Some` or `timeout` passes.
 pub async fn wait<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
 {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let every = Duration::from_millis(200);
+    devicegrid_testkit::until(timeout, every, || {
+        let seen = check();
+        async move { seen.await.ok_or_else(String::new) }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("timed out after {timeout:?} waiting for {what}"))
 }
 
 /// Waits until the CRD the chart installed is established.
