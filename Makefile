@@ -73,11 +73,11 @@ crds:
 charts:
 	scripts/render-charts.sh charts/rendered
 
-## lint: formatting, clippy, the layer rule of node/src (scripts/check-layers.sh) and file sizes
+## lint: formatting, clippy, the layer rule of node/src (scripts/check-layers.py) and file sizes
 lint: toolchain
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
-	scripts/check-layers.sh
+	scripts/check-layers.py
 	scripts/check-file-size.sh
 
 fmt:

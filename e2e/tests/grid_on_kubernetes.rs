@@ -169,17 +169,7 @@ async fn grid_lifecycle_on_kubernetes() -> Result<()> {
 
     // kubectl scale to 5: the new members receive replicas; data intact.
     let writer = Writer::start(grid.clone(), "up");
-    kubectl(
-        &s,
-        &[
-            "scale",
-            "-n",
-            NS,
-            &format!("devicegrid/{GRID}"),
-            "--replicas=5",
-        ],
-    )
-    .await?;
+    scale(&s, 5).await?;
     let phases = Mutex::new(Vec::new());
     until(&diag, minutes(2), "the grid to report the scale-up", || {
         let (grids, phases) = (grids.clone(), &phases);
@@ -345,17 +335,7 @@ async fn grid_lifecycle_on_kubernetes() -> Result<()> {
 
     // kubectl scale to 3: members 5 and 4 are drained before their pods go, 5 first.
     let writer = Writer::start(grid.clone(), "down");
-    kubectl(
-        &s,
-        &[
-            "scale",
-            "-n",
-            NS,
-            &format!("devicegrid/{GRID}"),
-            "--replicas=3",
-        ],
-    )
-    .await?;
+    scale(&s, 3).await?;
     // Each pass reads the grid first, then the pods: a pod seen leaving must belong to a
     // member the grid had already decommissioned, holding nothing, at that earlier read.
     let gone = Mutex::new(Vec::<u64>::new());
@@ -489,5 +469,12 @@ async fn grid_lifecycle_on_kubernetes() -> Result<()> {
         started.elapsed().as_secs_f64(),
         phases.lock().map(|p| p.clone()).unwrap_or_default()
     );
+    Ok(())
+}
+
+/// `kubectl scale devicegrid/<grid> --replicas=<n>`.
+async fn scale(s: &Settings, n: u32) -> Result<()> {
+    let to = format!("--replicas={n}");
+    kubectl(s, &["scale", "-n", NS, &format!("devicegrid/{GRID}"), &to]).await?;
     Ok(())
 }

@@ -107,8 +107,12 @@ pub struct Config {
     /// Writes waiting to be proposed in one group, at most; more are refused with 503
     /// `overloaded` (nothing written) instead of buffered.
     pub max_queued_writes: usize,
+    /// Bytes of writes waiting to be proposed, in all groups of the member together.
+    pub max_queued_write_bytes: usize,
     /// Requests waiting to be sent to one peer on one lane, at most; more are refused.
     pub max_queued_peer_requests: usize,
+    /// Bytes of requests waiting to be sent to peers, all peers and lanes together.
+    pub max_queued_peer_bytes: usize,
 }
 
 impl Default for Config {
@@ -132,7 +136,9 @@ impl Default for Config {
             member_down_after_ms: 2_000,
             snapshot_after_logs: 10_000,
             max_queued_writes: 4096,
+            max_queued_write_bytes: 256 * 1024 * 1024,
             max_queued_peer_requests: 16_384,
+            max_queued_peer_bytes: 256 * 1024 * 1024,
         }
     }
 }
@@ -240,6 +246,20 @@ impl Config {
             return Err(ConfigError::new(
                 "max_queued_writes",
                 "max_queued_writes must be at least 1",
+            ));
+        }
+        // A write is at most about 1 MiB (a value) and a peer message about 4 MiB (a
+        // snapshot chunk); a budget below that would refuse them forever.
+        if self.max_queued_write_bytes < 2 * 1024 * 1024 {
+            return Err(ConfigError::new(
+                "max_queued_write_bytes",
+                "max_queued_write_bytes must be at least 2 MiB",
+            ));
+        }
+        if self.max_queued_peer_bytes < 16 * 1024 * 1024 {
+            return Err(ConfigError::new(
+                "max_queued_peer_bytes",
+                "max_queued_peer_bytes must be at least 16 MiB",
             ));
         }
         if self.max_queued_peer_requests < 64 {

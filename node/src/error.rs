@@ -164,7 +164,12 @@ impl Error {
             Error::NotLeader { leader, .. } => WireError::NotLeader { leader: *leader },
             Error::NotDelivered { member, .. } => WireError::NotHosted { member: *member },
             Error::Unavailable { message, .. } => WireError::Unavailable(message.clone()),
-            Error::Overloaded { message, .. } => WireError::Overloaded(message.clone()),
+            // As a refusal with its code: peers of the previous release decode it (a new
+            // variant would fail their whole batch during a rolling upgrade).
+            Error::Overloaded { message, .. } => WireError::Refused {
+                code: ErrorCode::Overloaded,
+                message: message.clone(),
+            },
             Error::OutcomeUnknown { message, .. } => WireError::OutcomeUnknown(message.clone()),
             Error::Refused { code, message } => WireError::Refused {
                 code: *code,
@@ -184,7 +189,10 @@ impl Error {
                 message: "it does not host the group".into(),
             },
             WireError::Unavailable(message) => Error::Unavailable { group, message },
-            WireError::Overloaded(message) => Error::Overloaded { group, message },
+            WireError::Refused {
+                code: ErrorCode::Overloaded,
+                message,
+            } => Error::Overloaded { group, message },
             WireError::OutcomeUnknown(message) => Error::OutcomeUnknown { group, message },
             WireError::Refused { code, message } => Error::Refused { code, message },
             WireError::Other(m) => Error::Internal(m),

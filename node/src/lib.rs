@@ -14,7 +14,7 @@
 //! | [`runtime`] | the member's task tree, the one bounded coalescing queue, the one periodic loop |
 //! | [`config`], [`error`], [`metrics`] | beside the layers: typed settings, the crate's error, gauges fed a [`metrics::GridStats`] snapshot |
 //!
-//! `scripts/check-layers.sh` (part of `make lint`) fails when a module uses one above it;
+//! `scripts/check-layers.py` (part of `make lint`) fails when a module uses one above it;
 //! `docs/architecture.md` draws the map and follows a write and a read through it. Types that
 //! cross the process boundary (API answers, error codes, peer messages, Raft entries) are the
 //! wire contract's, in `devicegrid_proto`.

@@ -32,7 +32,7 @@ async fn bad_inputs_get_clear_errors() {
         let long_key = "k".repeat(513);
         let m = |method: &str| reqwest::Method::from_bytes(method.as_bytes()).expect("method");
         // (method, path, headers, body, status, code)
-        let cases: Vec<Case> = vec![
+        let cases: Vec<Case> = [
             (
                 "PUT",
                 "/v1/maps/devices/d".into(),
@@ -130,22 +130,6 @@ async fn bad_inputs_get_clear_errors() {
                 "invalid_query",
             ),
             (
-                "GET",
-                "/v1/maps/devices/nothing-here".into(),
-                vec![],
-                "".into(),
-                404,
-                "not_found",
-            ),
-            (
-                "DELETE",
-                "/v1/maps/devices/nothing-here".into(),
-                vec![],
-                "".into(),
-                404,
-                "not_found",
-            ),
-            (
                 "DELETE",
                 "/v1/maps/devices/plain".into(),
                 vec![("If-Match", "x")],
@@ -208,6 +192,14 @@ async fn bad_inputs_get_clear_errors() {
                 r#"{"processor":"increment","args":{"field":"/fw","by":1}}"#.into(),
                 409,
                 "not_a_number",
+            ),
+            (
+                "POST",
+                "/v1/maps/devices/plain/process".into(),
+                vec![],
+                r#"{"processor":"increment","args":{"field":"/fw/count","by":1}}"#.into(),
+                409,
+                "invalid_field",
             ),
             (
                 "POST",
@@ -282,7 +274,20 @@ async fn bad_inputs_get_clear_errors() {
                 405,
                 "method_not_allowed",
             ),
-        ];
+        ]
+        .into_iter()
+        // Reads and deletes of what does not exist.
+        .chain(["GET", "DELETE"].map(|method| {
+            (
+                method,
+                "/v1/maps/devices/nothing-here".to_string(),
+                vec![],
+                String::new(),
+                404,
+                "not_found",
+            )
+        }))
+        .collect();
         let mut failures = Vec::new();
         for (method, path, headers, body, status, code) in cases {
             let mut req = http.request(m(method), format!("{u}{path}")).body(body);

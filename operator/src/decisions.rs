@@ -98,6 +98,8 @@ pub fn scale_step(
             stalled: draining_for.is_some_and(|d| d > stall_after),
         },
         MemberState::Joining | MemberState::Active => ScaleStep::Drain { member },
+        // Reported by a newer member: nothing is decided on a state not understood.
+        MemberState::Unknown => ScaleStep::WaitForGrid { member },
     }
 }
 
@@ -205,6 +207,12 @@ mod tests {
         assert_eq!(
             scale_step(3, 4, Some(&ms), None, STALL),
             ScaleStep::Drain { member: 4 }
+        );
+        // A state from a newer member is not acted on.
+        ms[3] = member(4, MemberState::Unknown, 10);
+        assert_eq!(
+            scale_step(3, 4, Some(&ms), None, STALL),
+            ScaleStep::WaitForGrid { member: 4 }
         );
         // A member the grid's view does not list is asked about through a drain.
         ms.pop();

@@ -31,8 +31,6 @@ pub enum ErrorCode {
     InvalidConsistency,
     /// A batch that is empty or over the key limit.
     InvalidBatch,
-    /// A JSON pointer that is not valid.
-    InvalidField,
     /// A processor request without a processor name.
     InvalidProcessor,
     /// Processor arguments that do not fit the processor.
@@ -55,6 +53,9 @@ pub enum ErrorCode {
     MemberNotFound,
 
     // 409: refused in the current state
+    /// A processor's JSON pointer does not fit the current value (not an index, out of
+    /// range, or into a scalar).
+    InvalidField,
     /// A processor's condition did not hold.
     ConditionFailed,
     /// `increment` on a field that is not a number.
@@ -116,12 +117,12 @@ impl ErrorCode {
             MethodNotAllowed => 405,
             InvalidJson | InvalidBody | InvalidPath | InvalidQuery | InvalidMapName
             | InvalidKey | InvalidTtl | InvalidVersion | InvalidConsistency | InvalidBatch
-            | InvalidField | InvalidProcessor | InvalidProcessorArgs | UnknownProcessor
-            | InvalidMemberId | InvalidConfig => 400,
+            | InvalidProcessor | InvalidProcessorArgs | UnknownProcessor | InvalidMemberId
+            | InvalidConfig => 400,
             NotFound | MemberNotFound => 404,
-            ConditionFailed | NotANumber | VersionConflict | InvalidShadow | NotAShadow
-            | ValueTooDeep | ValueTooLarge | UnreadableValue | DrainRefused | InvalidMove
-            | NoMembers | WrongDataDir => 409,
+            InvalidField | ConditionFailed | NotANumber | VersionConflict | InvalidShadow
+            | NotAShadow | ValueTooDeep | ValueTooLarge | UnreadableValue | DrainRefused
+            | InvalidMove | NoMembers | WrongDataDir => 409,
             VersionMismatch => 412,
             NotLeader | Unavailable | Overloaded => 503,
             OutcomeUnknown => 504,

@@ -158,8 +158,6 @@ pub enum WireError {
     },
     /// No quorum or no leader; nothing was applied.
     Unavailable(String),
-    /// The member's queues are full; nothing was applied.
-    Overloaded(String),
     /// A write may or may not have been applied.
     OutcomeUnknown(String),
     /// Refused in the grid's current state.

@@ -18,6 +18,10 @@ pub enum MemberState {
     Draining,
     /// Holds nothing; safe to stop.
     Decommissioned,
+    /// A state this version does not know (reported by a newer member); readers leave such
+    /// a member alone.
+    #[serde(other)]
+    Unknown,
 }
 
 impl MemberState {
@@ -28,6 +32,7 @@ impl MemberState {
             MemberState::Active => "active",
             MemberState::Draining => "draining",
             MemberState::Decommissioned => "decommissioned",
+            MemberState::Unknown => "unknown",
         }
     }
 
@@ -55,6 +60,9 @@ pub enum MoveReason {
     Failure,
     /// The partition has fewer replicas than the replication factor.
     Repair,
+    /// A reason this version does not know (reported by a newer member).
+    #[serde(other)]
+    Unknown,
 }
 
 /// Where a partition leader is in a move or a leadership handoff.
@@ -73,6 +81,9 @@ pub enum MovePhase {
     Finishing,
     /// Handing leadership to the preferred leader.
     HandingOff,
+    /// A phase this version does not know (reported by a newer member).
+    #[serde(other)]
+    Unknown,
 }
 
 impl MovePhase {
@@ -85,6 +96,7 @@ impl MovePhase {
             MovePhase::RemovingLearners => "removing_learners",
             MovePhase::Finishing => "finishing",
             MovePhase::HandingOff => "handing_off",
+            MovePhase::Unknown => "unknown",
         }
     }
 }
@@ -181,6 +193,26 @@ pub struct PartitionsView {
     pub under_replicated: usize,
     /// Partitions no answering member leads.
     pub without_leader: usize,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn states_from_newer_members_parse_as_unknown() {
+        let m: MemberState = serde_json::from_str("\"quarantined\"").expect("state");
+        assert_eq!(m, MemberState::Unknown);
+        assert!(!m.retiring());
+        let p: MovePhase = serde_json::from_str("\"verifying\"").expect("phase");
+        assert_eq!(p, MovePhase::Unknown);
+        let r: MoveReason = serde_json::from_str("\"rebalance_zone\"").expect("reason");
+        assert_eq!(r, MoveReason::Unknown);
+        assert_eq!(
+            serde_json::to_string(&MemberState::Draining).expect("encode"),
+            "\"draining\""
+        );
+    }
 }
 
 /// A move as the partition table records it.

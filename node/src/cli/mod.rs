@@ -101,9 +101,15 @@ struct ServeArgs {
     /// Writes waiting in one group before more are refused with 503 overloaded [default: 4096].
     #[arg(long, env = "DEVICEGRID_MAX_QUEUED_WRITES")]
     max_queued_writes: Option<usize>,
+    /// Bytes of writes waiting in all groups before more are refused [default: 268435456].
+    #[arg(long, env = "DEVICEGRID_MAX_QUEUED_WRITE_BYTES")]
+    max_queued_write_bytes: Option<usize>,
     /// Requests waiting for one peer and lane before more are refused [default: 16384].
     #[arg(long, env = "DEVICEGRID_MAX_QUEUED_PEER_REQUESTS")]
     max_queued_peer_requests: Option<usize>,
+    /// Bytes of requests waiting for all peers before more are refused [default: 268435456].
+    #[arg(long, env = "DEVICEGRID_MAX_QUEUED_PEER_BYTES")]
+    max_queued_peer_bytes: Option<usize>,
     /// Stop (SIGTERM) when the process with this pid, our parent, exits. Set by `dev`.
     #[arg(long, hide = true)]
     parent_pid: Option<u32>,
@@ -138,7 +144,9 @@ impl ServeArgs {
             move_stalled_after_ms,
             member_down_after_ms,
             max_queued_writes,
-            max_queued_peer_requests
+            max_queued_write_bytes,
+            max_queued_peer_requests,
+            max_queued_peer_bytes
         );
         if self.advertise.is_some() {
             c.advertise = self.advertise;

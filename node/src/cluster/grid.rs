@@ -13,7 +13,7 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use openraft::ServerState;
 
@@ -71,6 +71,7 @@ impl Grid {
             transport_tasks.clone(),
             config.peer_source_ip,
             config.max_queued_peer_requests,
+            config.max_queued_peer_bytes,
         );
         let groups = Arc::new(
             Groups::open(&config, storage.clone(), transport.clone(), tasks.child()).await?,
@@ -173,13 +174,21 @@ impl Grid {
         &self.storage
     }
 
-    /// Stops the member: cancels every task and waits for them (at most `grace`), shuts
-    /// the Raft groups down, stops the transport and flushes storage. Returns how many tasks
-    /// were still running after `grace` (0: a clean stop).
+    /// Stops the member within about `grace`: the loops, the HTTP listener and the group
+    /// queues stop at once; entries already proposed and requests being served get half the
+    /// grace to finish (so their callers get their answer); then the Raft groups shut down
+    /// (what is still in flight ends as `outcome_unknown`), the transport stops last, and
+    /// storage is flushed. Returns how many tasks were still running (0: a clean stop).
     pub async fn stop(&self, grace: Duration) -> usize {
-        let left = self.tasks.stop(grace).await;
-        self.groups.shutdown().await;
-        let transport_left = self.transport_tasks.stop(grace).await;
+        let deadline = Instant::now() + grace;
+        let remaining = || deadline.saturating_duration_since(Instant::now());
+        self.tasks.stop(grace / 2).await;
+        self.groups.shutdown(remaining()).await;
+        let left = self.tasks.stop(remaining()).await;
+        let transport_left = self
+            .transport_tasks
+            .stop(remaining().max(Duration::from_secs(1)))
+            .await;
         if let Err(e) = self.storage.flusher.flush().await {
             tracing::error!(error = %e, "final flush");
         }

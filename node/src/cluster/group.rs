@@ -15,8 +15,7 @@ use tokio::sync::oneshot;
 
 use crate::cluster::now_ms;
 use crate::raft::{GroupId, NodeId, Raft, Request, Response};
-use crate::runtime::coalesce::QueueSender;
-use crate::runtime::{Coalescer, Limits, QueueFull, Tasks, Weight};
+use crate::runtime::{Budget, Coalescer, Limits, QueueFull, QueueSender, Tasks, Weight};
 use crate::structures::map::{MapBatch, MapOp, OpOutcome};
 use crate::{Error, Result};
 
@@ -66,6 +65,15 @@ pub struct Group {
 
 type ReadWaiter = oneshot::Sender<Result<()>>;
 
+/// How much may wait in a group's queues.
+#[derive(Clone, Debug)]
+pub struct QueueBounds {
+    /// Writes (and reads) per group.
+    pub items: usize,
+    /// Bytes of writes, shared by every group of the member.
+    pub bytes: Budget,
+}
+
 /// Entry caps of the proposer.
 const ENTRY_LIMITS: Limits = Limits {
     units: MAX_OPS_PER_ENTRY,
@@ -89,18 +97,21 @@ fn always<T>(_: &T) -> bool {
 
 impl Group {
     /// Wraps `raft` and starts its proposer and read barrier as tasks of `tasks` (a branch
-    /// of the member's tree that [`Group::stop_tasks`] cancels). At most `max_queued`
-    /// writes (and as many reads) wait; more are refused with `Overloaded`.
+    /// of the member's tree that [`Group::stop_tasks`] cancels). At most `queue.items`
+    /// writes (and as many reads) wait, and no more bytes than the member's shared
+    /// `queue.bytes` allows; more are refused with `Overloaded`.
     pub fn new(
         id: GroupId,
         raft: Raft,
         committed: Arc<AtomicU64>,
         restored_term: u64,
         tasks: Tasks,
-        max_queued: usize,
+        queue: &QueueBounds,
     ) -> Arc<Self> {
-        let (ptx, prx) = Coalescer::new(max_queued, ENTRY_LIMITS, proposal_weight, always);
-        let (rtx, rrx) = Coalescer::new(max_queued, Limits::UNBOUNDED, one, always);
+        let budget = queue.bytes.clone();
+        let (ptx, prx) = Coalescer::new(queue.items, budget, ENTRY_LIMITS, proposal_weight, always);
+        let reads = Budget::new(usize::MAX);
+        let (rtx, rrx) = Coalescer::new(queue.items, reads, Limits::UNBOUNDED, one, always);
         let handoff = Arc::new(AtomicU64::new(0));
         tasks.spawn(run_proposer(
             id,
@@ -360,11 +371,12 @@ const READ_BARRIER_TIMEOUT: Duration = Duration::from_secs(5);
 /// once; `term_before` is read before the leadership check so a term change in between
 /// cannot skip it.
 async fn settle_restored_term(
+    group: GroupId,
     raft: &Raft,
     restored_term: u64,
     term_before: u64,
     settled: &mut bool,
-) -> Result<(), String> {
+) -> Result<()> {
     if *settled || restored_term == 0 || term_before != restored_term {
         *settled = *settled || term_before > restored_term;
         return Ok(());
@@ -378,8 +390,14 @@ async fn settle_restored_term(
             *settled = true;
             Ok(())
         }
-        Ok(Err(e)) => Err(format!("committing the restored log: {e}")),
-        Err(_) => Err("committing the restored log timed out".into()),
+        Ok(Err(e)) => Err(Error::Unavailable {
+            group,
+            message: format!("committing the restored log: {e}"),
+        }),
+        Err(_) => Err(Error::Unavailable {
+            group,
+            message: "committing the restored log timed out".into(),
+        }),
     }
 }
 
@@ -417,9 +435,9 @@ async fn run_read_barrier(
                 group,
                 message: format!("leadership not confirmed within {READ_BARRIER_TIMEOUT:?}"),
             }),
-            Ok(Ok(_)) => settle_restored_term(&raft, restored_term, term_before, &mut settled)
-                .await
-                .map_err(|message| Error::Unavailable { group, message }),
+            Ok(Ok(_)) => {
+                settle_restored_term(group, &raft, restored_term, term_before, &mut settled).await
+            }
             Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f)))) => {
                 Err(Error::NotLeader {
                     group,

@@ -8,13 +8,13 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use crate::cluster::group::Group;
+use crate::cluster::group::{Group, QueueBounds};
 use crate::config::Config;
 use crate::raft::{
     GroupId, LogStore, MetaMachine, NetworkFactory, NodeId, PartitionMachine, Raft,
     StateMachineStore,
 };
-use crate::runtime::Tasks;
+use crate::runtime::{Budget, Tasks};
 use crate::storage::Storage;
 use crate::structures::meta::MetaState;
 use crate::transport::Transport;
@@ -23,7 +23,7 @@ use crate::{Error, Result};
 /// What opening a group needs, shared by every group of the member.
 struct Opener {
     node_id: NodeId,
-    max_queued_writes: usize,
+    queue: QueueBounds,
     storage: Storage,
     raft_config: Arc<openraft::Config>,
     transport: Arc<Transport>,
@@ -58,7 +58,7 @@ impl Opener {
             committed,
             restored_term,
             self.tasks.child(),
-            self.max_queued_writes,
+            &self.queue,
         ))
     }
 }
@@ -85,7 +85,10 @@ impl Groups {
                 .map_err(|e| Error::Internal(e.to_string()))?;
         let opener = Opener {
             node_id: config.node_id,
-            max_queued_writes: config.max_queued_writes,
+            queue: QueueBounds {
+                items: config.max_queued_writes,
+                bytes: Budget::new(config.max_queued_write_bytes),
+            },
             storage,
             raft_config,
             transport,
@@ -181,10 +184,18 @@ impl Groups {
         Ok(())
     }
 
-    /// Shuts every Raft group down and stops their tasks.
-    pub async fn shutdown(&self) {
-        for g in self.all() {
-            let _ = g.raft.shutdown().await;
+    /// Shuts every Raft group down, all at once, waiting at most `timeout`, and stops their
+    /// tasks. Entries still being replicated end with an error (their outcome is unknown).
+    pub async fn shutdown(&self, timeout: Duration) {
+        let groups = self.all();
+        let stops = groups.iter().map(|g| g.raft.shutdown());
+        if tokio::time::timeout(timeout, futures::future::join_all(stops))
+            .await
+            .is_err()
+        {
+            tracing::warn!(?timeout, "some Raft groups did not shut down in time");
+        }
+        for g in groups {
             g.stop_tasks();
         }
     }

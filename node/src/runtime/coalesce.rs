@@ -3,11 +3,12 @@
 //! does not fit over to the next batch. One rule ([`gather`]) serves every batcher of a
 //! member: group proposals, transport lanes and the storage flusher.
 //!
-//! Queues are bounded: [`Coalescer::sender`] gives a [`QueueSender`] whose `try_send` fails
-//! with [`QueueFull`] instead of buffering without limit, so overload is answered (503
-//! `overloaded`) rather than turned into memory.
+//! Queues are bounded, in items and (through a [`Budget`] several queues can share) in
+//! bytes: a [`QueueSender`]'s `try_send` fails with [`QueueFull`] instead of buffering
+//! without limit, so overload is answered (503 `overloaded`) rather than turned into memory.
 
 use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use tokio::sync::{mpsc, Semaphore};
@@ -67,6 +68,42 @@ pub fn gather<T>(
     (batch, None)
 }
 
+/// Bytes that may wait in the queues sharing it (every group of a member, say). Cloning
+/// shares it.
+#[derive(Clone, Debug)]
+pub struct Budget {
+    used: Arc<AtomicUsize>,
+    limit: usize,
+}
+
+impl Budget {
+    /// A budget of `limit` bytes.
+    pub fn new(limit: usize) -> Self {
+        Budget {
+            used: Arc::new(AtomicUsize::new(0)),
+            limit,
+        }
+    }
+
+    /// Reserves `n` bytes; `false` (nothing reserved) when that would pass the limit.
+    fn take(&self, n: usize) -> bool {
+        self.used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                used.checked_add(n).filter(|total| *total <= self.limit)
+            })
+            .is_ok()
+    }
+
+    fn give(&self, n: usize) {
+        self.used.fetch_sub(n, Ordering::AcqRel);
+    }
+
+    /// Bytes reserved now.
+    pub fn used(&self) -> usize {
+        self.used.load(Ordering::Acquire)
+    }
+}
+
 /// The queue was full (or its consumer stopped): the item was not queued.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum QueueFull {
@@ -79,20 +116,35 @@ pub enum QueueFull {
 }
 
 /// The producing side of a [`Coalescer`].
-pub struct QueueSender<T>(mpsc::Sender<T>);
+pub struct QueueSender<T> {
+    tx: mpsc::Sender<T>,
+    weigh: fn(&T) -> Weight,
+    budget: Budget,
+}
 
 impl<T> Clone for QueueSender<T> {
     fn clone(&self) -> Self {
-        QueueSender(self.0.clone())
+        QueueSender {
+            tx: self.tx.clone(),
+            weigh: self.weigh,
+            budget: self.budget.clone(),
+        }
     }
 }
 
 impl<T> QueueSender<T> {
     /// Queues `item`, or gives it back with why it was not queued.
     pub fn try_send(&self, item: T) -> Result<(), (QueueFull, T)> {
-        self.0.try_send(item).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(t) => (QueueFull::Full, t),
-            mpsc::error::TrySendError::Closed(t) => (QueueFull::Closed, t),
+        let bytes = (self.weigh)(&item).bytes;
+        if !self.budget.take(bytes) {
+            return Err((QueueFull::Full, item));
+        }
+        self.tx.try_send(item).map_err(|e| {
+            self.budget.give(bytes);
+            match e {
+                mpsc::error::TrySendError::Full(t) => (QueueFull::Full, t),
+                mpsc::error::TrySendError::Closed(t) => (QueueFull::Closed, t),
+            }
         })
     }
 }
@@ -104,13 +156,16 @@ pub struct Coalescer<T> {
     weigh: fn(&T) -> Weight,
     keep: fn(&T) -> bool,
     limits: Limits,
+    budget: Budget,
 }
 
 impl<T> Coalescer<T> {
-    /// A queue of `capacity` items, batched under `limits`; `weigh` prices an item, and
-    /// items for which `keep` is false when taken (expired requests) are dropped.
+    /// A queue of at most `capacity` items and the bytes `budget` allows, batched under
+    /// `limits`; `weigh` prices an item, and items for which `keep` is false when taken
+    /// (expired requests) are dropped.
     pub fn new(
         capacity: usize,
+        budget: Budget,
         limits: Limits,
         weigh: fn(&T) -> Weight,
         keep: fn(&T) -> bool,
@@ -122,8 +177,15 @@ impl<T> Coalescer<T> {
             weigh,
             keep,
             limits,
+            budget: budget.clone(),
         };
-        (QueueSender(tx), c)
+        (QueueSender { tx, weigh, budget }, c)
+    }
+
+    /// The next item off the channel, its bytes given back to the budget.
+    fn taken(&self, item: T) -> T {
+        self.budget.give((self.weigh)(&item).bytes);
+        item
     }
 
     /// Waits for the next item and returns it with everything else waiting, within the
@@ -132,17 +194,20 @@ impl<T> Coalescer<T> {
         loop {
             let first = match self.carried.take() {
                 Some(item) => item,
-                None => self.rx.recv().await?,
+                None => {
+                    let item = self.rx.recv().await?;
+                    self.taken(item)
+                }
             };
             if !(self.keep)(&first) {
                 continue;
             }
-            let (rx, keep) = (&mut self.rx, self.keep);
+            let (rx, keep, weigh, budget) = (&mut self.rx, self.keep, self.weigh, &self.budget);
             let next = || loop {
-                match rx.try_recv() {
-                    Ok(item) if keep(&item) => return Some(item),
-                    Ok(_) => continue,
-                    Err(_) => return None,
+                let item = rx.try_recv().ok()?;
+                budget.give(weigh(&item).bytes);
+                if keep(&item) {
+                    return Some(item);
                 }
             };
             let (batch, carried) = gather(first, next, self.weigh, self.limits);
@@ -153,7 +218,8 @@ impl<T> Coalescer<T> {
 
     /// Hands batches to `handle`, each as a task of `tasks`, with at most `in_flight`
     /// running at once; whatever queues while all are busy goes in the next batch. Returns
-    /// when the queue closes or the tasks are cancelled.
+    /// when the queue closes or the tasks are cancelled; batches already handed over run to
+    /// their end (their callers are waiting for the answer), tracked by `tasks`.
     pub async fn run<F, Fut>(mut self, in_flight: usize, tasks: Tasks, handle: F)
     where
         T: Send + 'static,
@@ -173,10 +239,21 @@ impl<T> Coalescer<T> {
                 },
             };
             let work = handle(batch);
-            tasks.spawn(async move {
+            tasks.spawn_to_end(async move {
                 work.await;
                 drop(permit);
             });
+        }
+    }
+}
+
+impl<T> Drop for Coalescer<T> {
+    /// Gives back the bytes of whatever is still queued (a removed replica's queue), so the
+    /// shared budget does not shrink.
+    fn drop(&mut self) {
+        self.rx.close();
+        while let Ok(item) = self.rx.try_recv() {
+            self.budget.give((self.weigh)(&item).bytes);
         }
     }
 }
@@ -219,8 +296,13 @@ mod tests {
             units: 3,
             bytes: usize::MAX,
         };
-        let (tx, mut c) =
-            Coalescer::<(usize, usize)>::new(4, limits, w, |x: &(usize, usize)| x.1 != 0);
+        let (tx, mut c) = Coalescer::<(usize, usize)>::new(
+            4,
+            Budget::new(usize::MAX),
+            limits,
+            w,
+            |x: &(usize, usize)| x.1 != 0,
+        );
         for i in 1..=4 {
             assert!(tx.try_send((1, i)).is_ok());
         }
@@ -239,7 +321,8 @@ mod tests {
             units: 2,
             bytes: usize::MAX,
         };
-        let (tx, c) = Coalescer::<(usize, usize)>::new(64, limits, w, |_| true);
+        let (tx, c) =
+            Coalescer::<(usize, usize)>::new(64, Budget::new(usize::MAX), limits, w, |_| true);
         for i in 0..20 {
             assert!(tx.try_send((1, i)).is_ok());
         }
@@ -273,5 +356,26 @@ mod tests {
         }
         assert_eq!(done.load(Ordering::SeqCst), 20);
         assert!(most.load(Ordering::SeqCst) <= 3);
+    }
+
+    #[tokio::test]
+    async fn a_shared_byte_budget_bounds_every_queue_and_comes_back() {
+        let budget = Budget::new(100);
+        let (tx1, mut c1) = Coalescer::new(10, budget.clone(), Limits::UNBOUNDED, w, |_| true);
+        let (tx2, c2) = Coalescer::new(10, budget.clone(), Limits::UNBOUNDED, w, |_| true);
+        assert!(tx1.try_send((1, 60)).is_ok());
+        assert_eq!(tx2.try_send((1, 50)).map_err(|e| e.0), Err(QueueFull::Full));
+        assert!(tx2.try_send((1, 40)).is_ok());
+        assert_eq!(budget.used(), 100);
+        assert_eq!(c1.next_batch().await, Some(vec![(1, 60)]));
+        assert_eq!(budget.used(), 40);
+        // A queue dropped with items in it gives their bytes back.
+        drop(c2);
+        assert_eq!(budget.used(), 0);
+        assert_eq!(
+            tx2.try_send((1, 1)).map_err(|e| e.0),
+            Err(QueueFull::Closed)
+        );
+        assert_eq!(budget.used(), 0);
     }
 }

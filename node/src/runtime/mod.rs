@@ -12,6 +12,6 @@ pub mod coalesce;
 pub mod periodic;
 pub mod tasks;
 
-pub use coalesce::{gather, Coalescer, Limits, QueueFull, Weight};
+pub use coalesce::{gather, Budget, Coalescer, Limits, QueueFull, QueueSender, Weight};
 pub use periodic::Every;
 pub use tasks::Tasks;

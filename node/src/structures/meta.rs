@@ -122,7 +122,9 @@ fn apply_inner(s: &mut MetaState, cmd: &MetaCommand) -> MetaOutcome {
                 );
             };
             match state {
-                MemberState::Draining | MemberState::Decommissioned => MetaOutcome::Unchanged,
+                MemberState::Draining | MemberState::Decommissioned | MemberState::Unknown => {
+                    MetaOutcome::Unchanged
+                }
                 MemberState::Joining => {
                     set_state(s, *id, MemberState::Decommissioned);
                     MetaOutcome::Applied

@@ -8,7 +8,7 @@ use devicegrid_proto::ErrorCode;
 
 use crate::structures::shadow;
 
-/// Why a processor refused to run; becomes a 409 (or 412 for `version_conflict`).
+/// Why a processor refused to run; becomes a 409 with its code.
 #[derive(Debug, PartialEq)]
 pub struct Refusal {
     /// Machine-readable code.

@@ -7,8 +7,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
 use super::{PeerRequest, PeerResponse, PEER_PATH};
-use crate::runtime::coalesce::QueueSender;
-use crate::runtime::{Coalescer, Limits, QueueFull, Tasks, Weight};
+use crate::runtime::{Budget, Coalescer, Limits, QueueFull, QueueSender, Tasks, Weight};
 use crate::storage::{decode, encode};
 
 /// Traffic classes; each has its own queue and connections per peer.
@@ -79,6 +78,7 @@ pub struct Transport {
     lanes: Mutex<HashMap<(String, Lane), QueueSender<Pending>>>,
     tasks: Tasks,
     max_queued: usize,
+    budget: Budget,
 }
 
 /// Concurrent batches in flight per peer and lane.
@@ -87,8 +87,13 @@ const IN_FLIGHT: usize = 4;
 impl Transport {
     /// A transport whose sender tasks belong to `tasks`; connections to peers leave from
     /// `source` when given (else the OS chooses); at most `max_queued` requests wait per
-    /// peer and lane.
-    pub fn new(tasks: Tasks, source: Option<std::net::IpAddr>, max_queued: usize) -> Arc<Self> {
+    /// peer and lane, and at most `max_bytes` bytes of them in all.
+    pub fn new(
+        tasks: Tasks,
+        source: Option<std::net::IpAddr>,
+        max_queued: usize,
+        max_bytes: usize,
+    ) -> Arc<Self> {
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(1))
             .pool_idle_timeout(Duration::from_secs(60))
@@ -101,6 +106,7 @@ impl Transport {
             lanes: Mutex::new(HashMap::new()),
             tasks,
             max_queued,
+            budget: Budget::new(max_bytes),
         })
     }
 
@@ -143,8 +149,13 @@ impl Transport {
                     units: lane.max_batch(),
                     bytes: MAX_BATCH_BYTES,
                 };
-                let (tx, queue) =
-                    Coalescer::new(self.max_queued, limits, pending_weight, still_awaited);
+                let (tx, queue) = Coalescer::new(
+                    self.max_queued,
+                    self.budget.clone(),
+                    limits,
+                    pending_weight,
+                    still_awaited,
+                );
                 let url = format!("http://{addr}{PEER_PATH}");
                 self.tasks
                     .spawn(run_lane(self.http.clone(), url, queue, self.tasks.clone()));

@@ -9,6 +9,8 @@ pub mod workload;
 use std::future::Future;
 use std::net::TcpListener;
 
+use devicegrid_proto::views::ClusterView;
+use devicegrid_proto::MemberState;
 use devicegrid_testkit::free_ports;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -161,38 +163,36 @@ impl TestGrid {
     /// Waits until member `via` reports the grid balanced with exactly `active` active
     /// members; returns the last view, or the error with the view and logs.
     pub async fn wait_balanced(&self, via: u64, active: &[u64], timeout: Duration) -> Value {
-        let deadline = Instant::now() + timeout;
-        let mut last = Value::Null;
-        loop {
-            if let Ok(v) = self.cluster(via).await {
-                let mut ids: Vec<u64> = v["members"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .filter(|m| m["state"] == "active")
-                    .filter_map(|m| m["id"].as_u64())
-                    .collect();
-                ids.sort_unstable();
-                if v["balance"]["balanced"] == true && ids == active {
-                    return v;
-                }
-                last = v;
+        let every = Duration::from_millis(250);
+        let balanced = devicegrid_testkit::until(timeout, every, || async move {
+            let v = self.cluster(via).await?;
+            let view: ClusterView = serde_json::from_value(v.clone()).map_err(|e| e.to_string())?;
+            let mut ids: Vec<u64> = view
+                .members
+                .iter()
+                .filter(|m| m.state == MemberState::Active)
+                .map(|m| m.id)
+                .collect();
+            ids.sort_unstable();
+            if view.balance.balanced && ids == active {
+                Ok(v)
+            } else {
+                Err(serde_json::to_string_pretty(&v).unwrap_or_default())
             }
-            if Instant::now() > deadline {
-                let logs: Vec<String> = self
-                    .ids()
-                    .iter()
-                    .filter(|id| self.running(**id))
-                    .map(|id| format!("--- member {id} ---\n{}", self.log_tail(*id)))
-                    .collect();
-                panic!(
-                    "grid not balanced over {active:?} within {timeout:?}; last view:\n{}\n{}",
-                    serde_json::to_string_pretty(&last).unwrap_or_default(),
-                    logs.join("\n")
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        }
+        })
+        .await;
+        balanced.unwrap_or_else(|last| {
+            let logs: Vec<String> = self
+                .ids()
+                .iter()
+                .filter(|id| self.running(**id))
+                .map(|id| format!("--- member {id} ---\n{}", self.log_tail(*id)))
+                .collect();
+            panic!(
+                "grid not balanced over {active:?} within {timeout:?}; last view:\n{last}\n{}",
+                logs.join("\n")
+            )
+        })
     }
 
     pub fn ids(&self) -> Vec<u64> {

@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use devicegrid_proto::{ErrorBody, ErrorCode};
 use rand::Rng;
 use serde_json::Value;
 
@@ -56,11 +57,10 @@ pub struct Client {
 }
 
 /// An error body's `error.code`.
-fn error_code(body: &str) -> String {
-    serde_json::from_str::<Value>(body)
+fn error_code(body: &str) -> Option<ErrorCode> {
+    serde_json::from_str::<ErrorBody>(body)
         .ok()
-        .and_then(|v| v["error"]["code"].as_str().map(str::to_string))
-        .unwrap_or_default()
+        .map(|b| b.error.code)
 }
 
 /// A request error with its causes ("connection refused" is a cause, not the error).
@@ -104,8 +104,9 @@ impl Client {
                 let err = error_code(&body);
                 let status = match code {
                     200 | 201 => Status::Ok,
-                    // Refused before anything was proposed.
-                    503 if err == "unavailable" || err == "not_leader" => Status::Fail,
+                    // Refused before anything was proposed (unavailable, not_leader,
+                    // overloaded).
+                    503 if err.is_some_and(ErrorCode::retryable) => Status::Fail,
                     400..=499 => Status::Fail,
                     // 504 outcome_unknown, 5xx, anything unexpected.
                     _ => Status::Unknown,
@@ -150,7 +151,9 @@ impl Client {
                         // Not written by a workload: the check reports it as never written.
                         other => (Status::Ok, Some(other.to_string()), None),
                     },
-                    (404, _) if error_code(&body) == "not_found" => (Status::Ok, None, None),
+                    (404, _) if error_code(&body) == Some(ErrorCode::NotFound) => {
+                        (Status::Ok, None, None)
+                    }
                     _ => (
                         Status::Fail,
                         None,
