@@ -134,58 +134,11 @@ impl ErrorCode {
     pub fn retryable(self) -> bool {
         self.status() == 503
     }
-
-    /// The code as it appears on the wire (`invalid_json`, ...).
-    pub fn as_str(self) -> &'static str {
-        use ErrorCode::*;
-        match self {
-            InvalidJson => "invalid_json",
-            InvalidBody => "invalid_body",
-            InvalidPath => "invalid_path",
-            InvalidQuery => "invalid_query",
-            InvalidMapName => "invalid_map_name",
-            InvalidKey => "invalid_key",
-            InvalidTtl => "invalid_ttl",
-            InvalidVersion => "invalid_version",
-            InvalidConsistency => "invalid_consistency",
-            InvalidBatch => "invalid_batch",
-            InvalidField => "invalid_field",
-            InvalidProcessor => "invalid_processor",
-            InvalidProcessorArgs => "invalid_processor_args",
-            UnknownProcessor => "unknown_processor",
-            InvalidMemberId => "invalid_member_id",
-            InvalidConfig => "invalid_config",
-            BodyTooLarge => "body_too_large",
-            MethodNotAllowed => "method_not_allowed",
-            NotFound => "not_found",
-            MemberNotFound => "member_not_found",
-            ConditionFailed => "condition_failed",
-            NotANumber => "not_a_number",
-            VersionConflict => "version_conflict",
-            InvalidShadow => "invalid_shadow",
-            NotAShadow => "not_a_shadow",
-            ValueTooDeep => "value_too_deep",
-            ValueTooLarge => "value_too_large",
-            UnreadableValue => "unreadable_value",
-            DrainRefused => "drain_refused",
-            InvalidMove => "invalid_move",
-            NoMembers => "no_members",
-            WrongDataDir => "wrong_data_dir",
-            VersionMismatch => "version_mismatch",
-            NotLeader => "not_leader",
-            Unavailable => "unavailable",
-            Overloaded => "overloaded",
-            OutcomeUnknown => "outcome_unknown",
-            Storage => "storage",
-            Internal => "internal",
-            Unknown => "unknown",
-        }
-    }
 }
 
 impl std::fmt::Display for ErrorCode {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
+        f.write_str(&crate::wire_name(self))
     }
 }
 
@@ -268,7 +221,7 @@ mod tests {
             ErrorCode::OutcomeUnknown,
         ] {
             let s = serde_json::to_string(&code).expect("encode");
-            assert_eq!(s, format!("\"{}\"", code.as_str()));
+            assert_eq!(s, format!("\"{code}\""));
             assert_eq!(serde_json::from_str::<ErrorCode>(&s).expect("decode"), code);
         }
         let later: ErrorCode = serde_json::from_str("\"added_later\"").expect("decode");

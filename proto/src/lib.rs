@@ -28,6 +28,15 @@ pub mod peer;
 pub use error::{ErrorBody, ErrorCode, ErrorDetail, LeaderHint, Routing};
 pub use views::{MemberState, MoveReason, NodeId};
 
+/// The name serde gives a unit variant on the wire (`snake_case`): the one source of the
+/// names of codes, states and phases, for `Display` and metric labels.
+pub(crate) fn wire_name<T: serde::Serialize>(v: &T) -> String {
+    match serde_json::to_value(v) {
+        Ok(serde_json::Value::String(s)) => s,
+        _ => String::new(),
+    }
+}
+
 /// The partition of `key`: `xxh3_64(key bytes) mod partition_count`.
 ///
 /// The map name is not hashed, so the same key (a device id) lands in the same partition in

@@ -104,14 +104,6 @@ impl Consistency {
             _ => None,
         }
     }
-
-    /// The name (`linearizable`, `stale`).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Consistency::Linearizable => "linearizable",
-            Consistency::Stale => "stale",
-        }
-    }
 }
 
 /// `PUT /v1/maps/{map}/{key}`: the new version.

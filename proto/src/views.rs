@@ -25,17 +25,6 @@ pub enum MemberState {
 }
 
 impl MemberState {
-    /// The name used in the API (`joining`, `active`, ...).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            MemberState::Joining => "joining",
-            MemberState::Active => "active",
-            MemberState::Draining => "draining",
-            MemberState::Decommissioned => "decommissioned",
-            MemberState::Unknown => "unknown",
-        }
-    }
-
     /// Draining or decommissioned: on its way out of the grid.
     pub fn retiring(self) -> bool {
         matches!(self, MemberState::Draining | MemberState::Decommissioned)
@@ -44,7 +33,7 @@ impl MemberState {
 
 impl std::fmt::Display for MemberState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
+        f.write_str(&crate::wire_name(self))
     }
 }
 
@@ -86,18 +75,9 @@ pub enum MovePhase {
     Unknown,
 }
 
-impl MovePhase {
-    /// The name used in the API (`adding_learner`, ...).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            MovePhase::AddingLearner => "adding_learner",
-            MovePhase::CatchingUp => "catching_up",
-            MovePhase::JointConsensus => "joint_consensus",
-            MovePhase::RemovingLearners => "removing_learners",
-            MovePhase::Finishing => "finishing",
-            MovePhase::HandingOff => "handing_off",
-            MovePhase::Unknown => "unknown",
-        }
+impl std::fmt::Display for MovePhase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&crate::wire_name(self))
     }
 }
 

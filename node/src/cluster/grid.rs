@@ -233,7 +233,7 @@ impl Grid {
             .report()
             .moves
             .iter()
-            .map(|m| m.phase.as_str().to_string())
+            .map(|m| m.phase.to_string())
             .collect();
         stats
     }
