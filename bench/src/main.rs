@@ -56,11 +56,11 @@ struct Args {
     /// Operations.
     #[arg(long, value_delimiter = ',', default_value = "get,put,shadow")]
     ops: Vec<Op>,
-    /// First port of the DeviceGrid members.
+    /// First client port of the DeviceGrid members (their peer ports are 100 higher).
     #[arg(long, default_value_t = 27001)]
     grid_port: u16,
     /// First client port of the etcd members.
-    #[arg(long, default_value_t = 27101)]
+    #[arg(long, default_value_t = 27301)]
     etcd_port: u16,
     /// Load an already running DeviceGrid at these URLs instead (no etcd, no table).
     #[arg(long, value_delimiter = ',')]

@@ -8,12 +8,12 @@ use serde::{Deserialize, Serialize};
 
 use devicegrid_proto::NodeId;
 
-/// One initial member: `id=host:port`.
+/// One initial member: `id=host:port` (its peer address).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Seed {
     /// Member id.
     pub id: NodeId,
-    /// Advertised `host:port`.
+    /// Advertised peer `host:port`.
     pub addr: String,
 }
 
@@ -68,10 +68,30 @@ impl ConfigError {
 pub struct Config {
     /// Stable member id (> 0).
     pub node_id: NodeId,
-    /// Address the HTTP endpoint (API and peer traffic) binds.
+    /// Address the client API (HTTP) binds.
     pub listen: SocketAddr,
-    /// Address other members and clients use to reach this one (default: `listen`).
+    /// Address clients use to reach this member's API (default: `listen`).
     pub advertise: Option<String>,
+    /// Address the peer endpoint (mutual TLS, members only) binds.
+    pub peer_listen: SocketAddr,
+    /// Address other members use to reach this one (default: `peer_listen`).
+    pub peer_advertise: Option<String>,
+    /// The grid's CA certificate (PEM): peers must present a member certificate it signed.
+    pub peer_ca: Option<PathBuf>,
+    /// This member's certificate (PEM), naming its member id; with `peer_key`.
+    pub peer_cert: Option<PathBuf>,
+    /// The private key of `peer_cert` (PEM).
+    pub peer_key: Option<PathBuf>,
+    /// The CA's private key (PEM): instead of `peer_cert`/`peer_key`, the member issues its
+    /// own certificate at start (local grids, and grids whose CA the operator made).
+    pub peer_ca_key: Option<PathBuf>,
+    /// Peer connections served at once; more wait in the kernel's backlog.
+    pub max_peer_connections: usize,
+    /// Client requests need a bearer token of a user whose roles allow them.
+    pub auth_enabled: bool,
+    /// A file holding the bootstrap admin token: the grid's first user, `admin`, gets it
+    /// if the grid has no user yet.
+    pub auth_bootstrap_token_file: Option<PathBuf>,
     /// Where sled keeps this member's data.
     pub data_dir: PathBuf,
     /// Members that form the grid at first start. A member not listed here joins the
@@ -121,6 +141,15 @@ impl Default for Config {
             node_id: 1,
             listen: SocketAddr::from(([127, 0, 0, 1], 7001)),
             advertise: None,
+            peer_listen: SocketAddr::from(([127, 0, 0, 1], 7101)),
+            peer_advertise: None,
+            peer_ca: None,
+            peer_cert: None,
+            peer_key: None,
+            peer_ca_key: None,
+            max_peer_connections: 256,
+            auth_enabled: false,
+            auth_bootstrap_token_file: None,
             data_dir: PathBuf::from(".devicegrid/member-1"),
             initial_members: Vec::new(),
             zone: None,
@@ -144,11 +173,18 @@ impl Default for Config {
 }
 
 impl Config {
-    /// The address others use for this member.
+    /// The address clients use for this member.
     pub fn advertised(&self) -> String {
         self.advertise
             .clone()
             .unwrap_or_else(|| self.listen.to_string())
+    }
+
+    /// The address other members use for this member.
+    pub fn peer_advertised(&self) -> String {
+        self.peer_advertise
+            .clone()
+            .unwrap_or_else(|| self.peer_listen.to_string())
     }
 
     /// Members that must register before bootstrap.
@@ -163,7 +199,7 @@ impl Config {
         if self.initial_members.is_empty() {
             vec![Seed {
                 id: self.node_id,
-                addr: self.advertised(),
+                addr: self.peer_advertised(),
             }]
         } else {
             self.initial_members.clone()
@@ -203,6 +239,12 @@ impl Config {
             return Err(ConfigError::new(
                 "initial_members",
                 "initial member ids must be distinct and greater than 0",
+            ));
+        }
+        if !devicegrid_pki::valid_cluster(&self.cluster_name) {
+            return Err(ConfigError::new(
+                "cluster_name",
+                "cluster_name must be 1-63 characters of a-z A-Z 0-9 . _ -",
             ));
         }
         if self.min_members == Some(0) {
@@ -274,6 +316,41 @@ impl Config {
                 "request_timeout_ms must be at least 100",
             ));
         }
+        // Peer TLS last: the other settings get their own message even without it.
+        if self.listen == self.peer_listen {
+            return Err(ConfigError::new(
+                "peer_listen",
+                "peer_listen must differ from listen: peer traffic has its own port",
+            ));
+        }
+        match (
+            &self.peer_ca,
+            &self.peer_cert,
+            &self.peer_key,
+            &self.peer_ca_key,
+        ) {
+            (None, ..) => {
+                return Err(ConfigError::new(
+                    "peer_ca",
+                    "peer traffic is mutual TLS: set peer_ca (the grid's CA certificate) and \
+                     either peer_cert and peer_key, or peer_ca_key",
+                ))
+            }
+            (Some(_), Some(_), Some(_), None) | (Some(_), None, None, Some(_)) => {}
+            _ => {
+                return Err(ConfigError::new(
+                    "peer_cert",
+                    "set either peer_cert and peer_key (this member's certificate), or \
+                     peer_ca_key (the member issues its own)",
+                ))
+            }
+        }
+        if self.max_peer_connections < 8 {
+            return Err(ConfigError::new(
+                "max_peer_connections",
+                "max_peer_connections must be at least 8",
+            ));
+        }
         Ok(())
     }
 }
@@ -296,6 +373,8 @@ mod tests {
         assert!("1=localhost".parse::<Seed>().is_err());
         let mut c = Config {
             initial_members: vec![s],
+            peer_ca: Some("ca.crt".into()),
+            peer_ca_key: Some("ca.key".into()),
             ..Config::default()
         };
         assert_eq!(c.validate(), Ok(()), "member 1 joins through member 2");
@@ -304,6 +383,22 @@ mod tests {
         c.min_members = Some(0);
         assert_eq!(c.validate().map_err(|e| e.setting), Err("min_members"));
         c.min_members = Some(2);
+        c.peer_cert = Some("member.crt".into());
+        assert_eq!(
+            c.validate().map_err(|e| e.setting),
+            Err("peer_cert"),
+            "a certificate and a CA key at once"
+        );
+        c.peer_cert = None;
+        c.peer_ca = None;
+        assert_eq!(c.validate().map_err(|e| e.setting), Err("peer_ca"));
+        c.peer_ca = Some("ca.crt".into());
+        c.peer_listen = c.listen;
+        assert_eq!(c.validate().map_err(|e| e.setting), Err("peer_listen"));
+        c.peer_listen = Config::default().peer_listen;
+        c.cluster_name = "a b".into();
+        assert_eq!(c.validate().map_err(|e| e.setting), Err("cluster_name"));
+        c.cluster_name = "devicegrid".into();
         c.partitions = 0;
         assert!(c.validate().is_err());
     }

@@ -105,6 +105,9 @@ pub enum Error {
         /// Partition, leader and table version as this member knew them.
         routing: Routing,
     },
+    /// Certificates or keys for peer TLS are missing or do not fit this member.
+    #[error("tls: {0}")]
+    Tls(String),
     /// Persistent storage failed.
     #[error("storage: {0}")]
     Storage(String),
@@ -134,7 +137,7 @@ impl Error {
             Error::NotDelivered { .. } | Error::Unavailable { .. } => ErrorCode::Unavailable,
             Error::Overloaded { .. } => ErrorCode::Overloaded,
             Error::OutcomeUnknown { .. } => ErrorCode::OutcomeUnknown,
-            Error::Config(_) => ErrorCode::InvalidConfig,
+            Error::Config(_) | Error::Tls(_) => ErrorCode::InvalidConfig,
             Error::Routed { source, .. } => source.code(),
             Error::Storage(_) => ErrorCode::Storage,
             Error::Internal(_) => ErrorCode::Internal,

@@ -126,7 +126,10 @@ fn dev_runs_members_and_resumes_them_with_their_data() {
 #[test]
 fn bad_flags_fail_with_a_message() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let cases: [(&[&str], &str); 5] = [
+    let d = dir.path().to_str().expect("utf-8 path");
+    let no_id = ["certs", "member", "--id", "0", "--ca-dir", d, "--out", d];
+    let no_ca = ["certs", "member", "--id", "1", "--ca-dir", d, "--out", d];
+    let cases: Vec<(&[&str], &str)> = vec![
         (
             &["serve", "--partitions", "0"],
             "partitions must be between",
@@ -141,6 +144,17 @@ fn bad_flags_fail_with_a_message() {
         ),
         (&["serve", "--listen", "not-an-address"], "invalid value"),
         (&["dev", "--nodes", "0"], "--nodes must be between"),
+        (&["serve"], "peer traffic is mutual TLS: set peer_ca"),
+        (
+            &["serve", "--peer-ca", "ca.crt", "--peer-cert", "m.crt"],
+            "set either peer_cert and peer_key",
+        ),
+        (
+            &["serve", "--peer-listen", "127.0.0.1:7001"],
+            "peer_listen must differ from listen",
+        ),
+        (&no_id, "--id must be greater than 0"),
+        (&no_ca, "ca.crt"),
     ];
     for (args, expected) in cases {
         let out = Command::new(env!("CARGO_BIN_EXE_devicegrid"))
@@ -169,9 +183,97 @@ fn bad_flags_fail_with_a_message() {
         "--min-members",
         "--failure-grace-ms",
         "--config",
+        "--peer-listen",
+        "--peer-advertise",
+        "--peer-ca",
+        "--peer-cert",
+        "--peer-key",
+        "--peer-ca-key",
     ] {
         assert!(text.contains(flag), "--help lacks {flag}");
     }
+}
+
+/// `devicegrid certs` makes a CA and member certificates a member starts with, and a member
+/// refuses a certificate that names another member.
+#[test]
+fn certificates_from_certs_serve_their_member_only() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pki = dir.path().join("pki");
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_devicegrid"))
+            .args(args)
+            .output()
+            .expect("run")
+    };
+    let p = pki.to_str().expect("utf-8");
+    assert!(run(&["certs", "ca", "--cluster", "g1", "--out", p])
+        .status
+        .success());
+    let again = run(&["certs", "ca", "--cluster", "g1", "--out", p]);
+    assert!(!again.status.success(), "a CA is never overwritten");
+    let member = run(&[
+        "certs",
+        "member",
+        "--cluster",
+        "g1",
+        "--ca-dir",
+        p,
+        "--id",
+        "2",
+        "--out",
+        p,
+    ]);
+    assert!(member.status.success(), "{member:?}");
+    // Member `id` started with member 2's certificate: `Err(stderr)` when it exits,
+    // `Ok(())` once it answers /healthz (then it is stopped).
+    let serve = |id: &str| -> Result<(), String> {
+        let ports = devicegrid_testkit::free_ports(2);
+        let mut child = Command::new(env!("CARGO_BIN_EXE_devicegrid"))
+            .args(["serve", "--node-id", id, "--cluster-name", "g1"])
+            .args(["--listen", &format!("127.0.0.1:{}", ports[0])])
+            .args(["--peer-listen", &format!("127.0.0.1:{}", ports[1])])
+            .arg("--data-dir")
+            .arg(dir.path().join(format!("data-{id}")))
+            .arg("--peer-ca")
+            .arg(pki.join("ca.crt"))
+            .arg("--peer-cert")
+            .arg(pki.join("member-2.crt"))
+            .arg("--peer-key")
+            .arg(pki.join("member-2.key"))
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let healthz = format!("http://127.0.0.1:{}/healthz", ports[0]);
+        loop {
+            if child.try_wait().expect("wait").is_some() {
+                let mut stderr = String::new();
+                std::io::Read::read_to_string(
+                    &mut child.stderr.take().expect("stderr"),
+                    &mut stderr,
+                )
+                .expect("read");
+                return Err(stderr);
+            }
+            if reqwest::blocking::get(&healthz).is_ok_and(|r| r.status().is_success()) {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Ok(());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "member {id} neither served nor exited"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    let stderr = serve("1").expect_err("member 1 refuses member 2's certificate");
+    assert!(
+        stderr.contains("urn:devicegrid:g1:member:2, this member is urn:devicegrid:g1:member:1"),
+        "{stderr}"
+    );
+    serve("2").expect("member 2 serves with its certificate");
 }
 
 /// Runs `devicegrid dev <args>` against the grid in `dir` to completion.

@@ -14,16 +14,22 @@ use devicegrid::metrics::Metrics;
 use devicegrid::runtime::Tasks;
 use serde_json::{json, Value};
 
-/// A single in-process member on a free loopback port; its HTTP server runs in its tasks.
+/// A single in-process member on free loopback ports; its HTTP servers run in its tasks.
 async fn start_member(dir: &std::path::Path) -> (Arc<Grid>, String) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
+    let bind = || tokio::net::TcpListener::bind("127.0.0.1:0");
+    let (listener, peer_listener) = (bind().await.expect("bind"), bind().await.expect("bind"));
     let addr = listener.local_addr().expect("addr");
+    let peer_addr = peer_listener.local_addr().expect("addr");
+    let ca = devicegrid_pki::new_ca("devicegrid", 1).expect("ca");
+    std::fs::write(dir.join("ca.crt"), &ca.cert).expect("ca.crt");
+    std::fs::write(dir.join("ca.key"), &ca.key).expect("ca.key");
     let config = Config {
         node_id: 1,
         listen: addr,
-        data_dir: dir.to_path_buf(),
+        peer_listen: peer_addr,
+        peer_ca: Some(dir.join("ca.crt")),
+        peer_ca_key: Some(dir.join("ca.key")),
+        data_dir: dir.join("data"),
         partitions: 8,
         replication_factor: 1,
         ..Config::default()
@@ -33,7 +39,7 @@ async fn start_member(dir: &std::path::Path) -> (Arc<Grid>, String) {
         .expect("member starts");
     let server = grid.clone();
     grid.tasks().spawn_to_end(async move {
-        let _ = devicegrid::api::serve(server, listener).await;
+        let _ = devicegrid::api::serve(server, listener, peer_listener).await;
     });
     (grid, format!("http://{addr}"))
 }

@@ -1,10 +1,16 @@
 //! The objects a `DeviceGrid` owns, built from its spec: ServiceAccount, ConfigMap,
-//! headless Service (member addresses), client Service, StatefulSet and
-//! PodDisruptionBudget. Pure functions; the reconciler applies them with server-side apply.
+//! headless Service (member addresses), client Service, StatefulSet, PodDisruptionBudget,
+//! and (in `builders/security.rs`) the peer CA Secret and the NetworkPolicy. Pure
+//! functions; the reconciler applies them with server-side apply, except the CA Secret,
+//! which it only creates.
 //!
-//! Member `i` of a grid is pod `<name>-<i-1>`; it advertises
-//! `<name>-<i-1>.<name>-members.<namespace>.svc:7001`, its id comes from the pod's
-//! `apps.kubernetes.io/pod-index` label, and its data lives on the pod's PVC.
+//! Members have two ports: the client API on 7001 (client Service, probes, the operator)
+//! and the peer port 7101, mutual TLS between members only. Member `i` of a grid is pod
+//! `<name>-<i-1>`; it advertises `<name>-<i-1>.<name>-members.<namespace>.svc:7001` to
+//! clients and `...svc:7101` to peers (the seeds in `initial_members` are peer addresses).
+//! Its id comes from the pod's `apps.kubernetes.io/pod-index` label, its data lives on the
+//! pod's PVC, and it issues its own member certificate at start from the grid's CA, mounted
+//! from the Secret `<name>-peer-ca` at `/etc/devicegrid/pki`.
 
 use std::collections::BTreeMap;
 
@@ -19,8 +25,16 @@ use serde_json::{json, Value};
 use crate::crd::{DeviceGrid, PullPolicy, VolumePolicy};
 use crate::{Error, Result};
 
-/// Port of the member API (and peer traffic).
+mod security;
+
+pub use security::{network_policy, peer_ca_secret, PEER_CA_CERT, PEER_CA_KEY};
+
+/// Port of the member's client API (clients, probes, the operator).
 pub const PORT: i32 = 7001;
+/// Port of member-to-member traffic (mutual TLS, members only).
+pub const PEER_PORT: i32 = 7101;
+/// Where the peer CA Secret is mounted in member pods.
+pub const PKI_DIR: &str = "/etc/devicegrid/pki";
 /// Where the member's volume is mounted.
 pub const DATA_DIR: &str = "/var/lib/devicegrid";
 /// Label every owned object carries with the grid's name.
@@ -60,10 +74,26 @@ impl Names {
         format!("{}-config", self.grid)
     }
 
-    /// Address member `id` (pod `id - 1`) advertises.
+    /// The Secret with the grid's peer CA (certificate and key).
+    pub fn peer_ca(&self) -> String {
+        format!("{}-peer-ca", self.grid)
+    }
+
+    /// The NetworkPolicy restricting the peer port to the grid's own members.
+    pub fn peers(&self) -> String {
+        format!("{}-peers", self.grid)
+    }
+
+    /// The grid's cluster name (`cluster_name` of the members, the name in its
+    /// certificates): `<namespace>.<grid>`.
+    pub fn cluster(&self) -> String {
+        format!("{}.{}", self.namespace, self.grid)
+    }
+
+    /// Peer address member `id` (pod `id - 1`) advertises to other members.
     pub fn member_addr(&self, id: i32) -> String {
         format!(
-            "{}-{}.{}.{}.svc:{PORT}",
+            "{}-{}.{}.{}.svc:{PEER_PORT}",
             self.grid,
             id - 1,
             self.members(),
@@ -125,11 +155,14 @@ pub fn config_yaml(dg: &DeviceGrid, names: &Names) -> String {
         .map(|id| format!("  - id: {id}\n    addr: {}", names.member_addr(id)))
         .collect();
     let mut lines = vec![
-        format!("cluster_name: {}.{}", names.namespace, names.grid),
+        format!("cluster_name: {}", names.cluster()),
         format!("partitions: {}", spec.partition_count),
         format!("replication_factor: {}", spec.backup_count + 1),
         format!("min_members: {}", spec.replicas.clamp(1, SEEDS)),
         format!("listen: 0.0.0.0:{PORT}"),
+        format!("peer_listen: 0.0.0.0:{PEER_PORT}"),
+        format!("peer_ca: {PKI_DIR}/{PEER_CA_CERT}"),
+        format!("peer_ca_key: {PKI_DIR}/{PEER_CA_KEY}"),
         format!("data_dir: {DATA_DIR}"),
         "initial_members:".to_string(),
     ];
@@ -167,7 +200,7 @@ pub fn service_account(dg: &DeviceGrid, names: &Names) -> Result<ServiceAccount>
 }
 
 /// The headless Service: stable DNS names for members, ready or not (members must find
-/// each other before they are ready).
+/// each other before they are ready), with the client and the peer port.
 pub fn members_service(dg: &DeviceGrid, names: &Names) -> Result<Service> {
     object(
         "Service",
@@ -176,12 +209,15 @@ pub fn members_service(dg: &DeviceGrid, names: &Names) -> Result<Service> {
             "clusterIP": "None",
             "publishNotReadyAddresses": true,
             "selector": selector_labels(names),
-            "ports": [{ "name": "api", "port": PORT, "targetPort": PORT }],
+            "ports": [
+                { "name": "api", "port": PORT, "targetPort": PORT },
+                { "name": "peer", "port": PEER_PORT, "targetPort": PEER_PORT },
+            ],
         }}),
     )
 }
 
-/// The client Service: ready members only.
+/// The client Service: ready members only, client API port only.
 pub fn client_service(dg: &DeviceGrid, names: &Names) -> Result<Service> {
     object(
         "Service",
@@ -243,11 +279,7 @@ pub fn stateful_set(dg: &DeviceGrid, names: &Names, replicas: i32) -> Result<Sta
             },
         ]),
     };
-    let advertise = format!(
-        "$(POD_NAME).{}.{}.svc:{PORT}",
-        names.members(),
-        names.namespace
-    );
+    let host = format!("$(POD_NAME).{}.{}.svc", names.members(), names.namespace);
     let mut container = json!({
         "name": "member",
         "image": spec.image,
@@ -257,10 +289,14 @@ pub fn stateful_set(dg: &DeviceGrid, names: &Names, replicas: i32) -> Result<Sta
             { "name": "POD_NAME", "valueFrom": { "fieldRef": { "fieldPath": "metadata.name" } } },
             { "name": "DEVICEGRID_POD_INDEX", "valueFrom": { "fieldRef": {
                 "fieldPath": "metadata.labels['apps.kubernetes.io/pod-index']" } } },
-            { "name": "DEVICEGRID_ADVERTISE", "value": advertise },
+            { "name": "DEVICEGRID_ADVERTISE", "value": format!("{host}:{PORT}") },
+            { "name": "DEVICEGRID_PEER_ADVERTISE", "value": format!("{host}:{PEER_PORT}") },
             { "name": "DEVICEGRID_LOG_FORMAT", "value": "json" },
         ],
-        "ports": [{ "name": "api", "containerPort": PORT }],
+        "ports": [
+            { "name": "api", "containerPort": PORT },
+            { "name": "peer", "containerPort": PEER_PORT },
+        ],
         "securityContext": {
             "allowPrivilegeEscalation": false,
             "readOnlyRootFilesystem": true,
@@ -277,6 +313,7 @@ pub fn stateful_set(dg: &DeviceGrid, names: &Names, replicas: i32) -> Result<Sta
         "volumeMounts": [
             { "name": "data", "mountPath": DATA_DIR },
             { "name": "config", "mountPath": "/etc/devicegrid", "readOnly": true },
+            { "name": "peer-ca", "mountPath": PKI_DIR, "readOnly": true },
         ],
     });
     if let Some(r) = &spec.resources {
@@ -297,7 +334,11 @@ pub fn stateful_set(dg: &DeviceGrid, names: &Names, replicas: i32) -> Result<Sta
         },
         "topologySpreadConstraints": spread,
         "containers": [container],
-        "volumes": [{ "name": "config", "configMap": { "name": names.config() } }],
+        "volumes": [
+            { "name": "config", "configMap": { "name": names.config() } },
+            // 0440: readable by the pod's fsGroup (the member's group), not by others.
+            { "name": "peer-ca", "secret": { "secretName": names.peer_ca(), "defaultMode": 0o440 } },
+        ],
     });
     let extra = [
         ("nodeSelector", serde_json::to_value(&spec.node_selector)),
@@ -373,7 +414,14 @@ mod tests {
         let cm = config_map(&dg, &names).expect("cm");
         let svc = members_service(&dg, &names).expect("svc");
         let pdb = pod_disruption_budget(&dg, &names).expect("pdb");
-        for m in [&sts.metadata, &cm.metadata, &svc.metadata, &pdb.metadata] {
+        let np = network_policy(&dg, &names).expect("networkpolicy");
+        for m in [
+            &sts.metadata,
+            &cm.metadata,
+            &svc.metadata,
+            &pdb.metadata,
+            &np.metadata,
+        ] {
             let o = &m.owner_references.as_ref().expect("owner")[0];
             assert_eq!((o.kind.as_str(), o.name.as_str()), ("DeviceGrid", "fleet"));
             assert_eq!(o.controller, Some(true));
@@ -416,7 +464,7 @@ mod tests {
         let one = grid(1);
         let yaml = config_yaml(&one, &Names::of(&one).expect("names"));
         assert!(
-            yaml.contains("  - id: 1\n    addr: fleet-0.fleet-members.iot.svc:7001"),
+            yaml.contains("  - id: 1\n    addr: fleet-0.fleet-members.iot.svc:7101"),
             "{yaml}"
         );
         assert!(

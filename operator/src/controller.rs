@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{ConfigMap, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::api::Api;
 use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
 use kube::runtime::events::{Recorder, Reporter};
@@ -109,6 +110,8 @@ async fn run_scope(ctx: Arc<Context>, namespace: Option<String>, shutdown: Cance
     .owns(scoped::<StatefulSet>(&client, &namespace), owned())
     .owns(scoped::<Service>(&client, &namespace), owned())
     .owns(scoped::<ConfigMap>(&client, &namespace), owned())
+    .owns(scoped::<Secret>(&client, &namespace), owned())
+    .owns(scoped::<NetworkPolicy>(&client, &namespace), owned())
     .graceful_shutdown_on(shutdown.cancelled_owned())
     .run(measured, error_policy, ctx)
     .for_each(|r| async move {

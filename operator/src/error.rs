@@ -15,6 +15,21 @@ pub enum Error {
     /// A child object (or the status) could not be built from the spec.
     #[error("building the {0}: {1}")]
     Build(String, #[source] serde_json::Error),
+    /// The grid's peer CA could not be made (e.g. `<namespace>.<grid>` is not a valid
+    /// cluster name: 1-63 characters of a-z A-Z 0-9 . _ -).
+    #[error("peer CA: {0}")]
+    Pki(#[source] devicegrid_pki::PkiError),
+    /// The peer CA Secret exists but lacks the CA certificate or key; members cannot start
+    /// with it. The operator does not replace it (that would rotate the CA).
+    #[error(
+        "peer CA Secret {secret} has no {key:?}: delete it to have a new CA made, or add the key"
+    )]
+    PeerCaIncomplete {
+        /// The Secret's name.
+        secret: String,
+        /// The missing key.
+        key: &'static str,
+    },
     /// The Kubernetes API refused or failed; the pass is retried with backoff.
     #[error("kubernetes: {0}")]
     Kube(#[from] kube::Error),
@@ -61,6 +76,7 @@ impl Error {
             Error::MissingNamespace => "missing_namespace",
             Error::MissingUid => "missing_uid",
             Error::Build(..) => "build",
+            Error::Pki(_) | Error::PeerCaIncomplete { .. } => "peer_ca",
             Error::Kube(_) => "kubernetes",
             Error::GridRequest { .. } | Error::GridAnswer { .. } => "grid",
             Error::LeaseSettings(_) => "lease_settings",

@@ -130,6 +130,7 @@ mod tests {
         let view = MemberView {
             id: 4,
             address: "fleet-3.fleet-members.iot.svc:7001".into(),
+            peer_address: None,
             zone: None,
             state: MemberState::Draining,
             reachable: true,

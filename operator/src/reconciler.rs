@@ -1,25 +1,27 @@
 //! The reconcile flow: one pass brings a grid's children in line with its spec and writes
 //! what it observed to the status subresource.
 //!
-//! A pass (a) applies the ServiceAccount, ConfigMap, Services and PDB with server-side
-//! apply; (b) reads the grid's own view (`GET /v1/cluster` through the client Service, see
-//! [`crate::grid_api`]); (c) takes one scale step ([`decisions::scale_step`]): raise the
-//! StatefulSet, or drain the highest member through the grid and shrink only once it is
-//! decommissioned; (d) rolls one outdated pod when the grid is fully replicated; (e) writes
-//! the status ([`status::build`]) and publishes an Event when its cause changes. Passes are
-//! level-triggered and idempotent; a pass that changed something is followed by another a
-//! few seconds later. When passes run, and the backoff after a failed one, is
-//! [`crate::controller`]'s job.
+//! A pass (a) creates the grid's peer CA Secret if it is missing (never re-applied: a new
+//! CA would split the grid) and applies the ServiceAccount, ConfigMap, Services, PDB and
+//! NetworkPolicy with server-side apply; (b) reads the grid's own view (`GET /v1/cluster`
+//! through the client Service, see [`crate::grid_api`]); (c) takes one scale step
+//! ([`decisions::scale_step`]): raise the StatefulSet, or drain the highest member through
+//! the grid and shrink only once it is decommissioned; (d) rolls one outdated pod when the
+//! grid is fully replicated; (e) writes the status ([`status::build`]) and publishes an
+//! Event when its cause changes. Passes are level-triggered and idempotent; a pass that
+//! changed something is followed by another a few seconds later. When passes run, and the
+//! backoff after a failed one, is [`crate::controller`]'s job.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use devicegrid_proto::views::ClusterView;
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service, ServiceAccount};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service, ServiceAccount};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType};
 use kube::{Client, Resource, ResourceExt};
@@ -36,6 +38,8 @@ use crate::{Error, Result};
 
 /// The field manager of everything the operator applies.
 pub const MANAGER: &str = "devicegrid-operator";
+/// Validity of a grid's peer CA, in days.
+pub const PEER_CA_DAYS: u32 = 3650;
 
 /// One reconcile pass over `dg`.
 pub async fn reconcile(dg: Arc<DeviceGrid>, ctx: Arc<Context>) -> Result<Action> {
@@ -46,12 +50,14 @@ pub async fn reconcile(dg: Arc<DeviceGrid>, ctx: Arc<Context>) -> Result<Action>
     let names = Names::of(&dg)?;
     let ns = names.namespace.clone();
     let client = &ctx.client;
+    ensure_peer_ca(client, &dg, &names).await?;
     apply::<ServiceAccount>(client, &ns, &builders::service_account(&dg, &names)?).await?;
     apply::<ConfigMap>(client, &ns, &builders::config_map(&dg, &names)?).await?;
     apply::<Service>(client, &ns, &builders::members_service(&dg, &names)?).await?;
     apply::<Service>(client, &ns, &builders::client_service(&dg, &names)?).await?;
     apply::<PodDisruptionBudget>(client, &ns, &builders::pod_disruption_budget(&dg, &names)?)
         .await?;
+    apply::<NetworkPolicy>(client, &ns, &builders::network_policy(&dg, &names)?).await?;
 
     let sts_api: Api<StatefulSet> = Api::namespaced(client.clone(), &ns);
     let existing = sts_api.get_opt(&names.main()).await?;
@@ -158,6 +164,39 @@ where
     Ok(api
         .patch(&obj.name_any(), &params, &Patch::Apply(obj))
         .await?)
+}
+
+/// Creates the grid's peer CA Secret when it does not exist. It is never applied again: a
+/// fresh CA on every pass would rotate it and members would no longer verify each other. A
+/// Secret created in between (another replica, or a user bringing their own CA) is kept.
+async fn ensure_peer_ca(client: &Client, dg: &DeviceGrid, names: &Names) -> Result<()> {
+    let api: Api<Secret> = Api::namespaced(client.clone(), &names.namespace);
+    if let Some(existing) = api.get_opt(&names.peer_ca()).await? {
+        let data = existing.data.unwrap_or_default();
+        for key in [builders::PEER_CA_CERT, builders::PEER_CA_KEY] {
+            if data.get(key).is_none_or(|v| v.0.is_empty()) {
+                return Err(Error::PeerCaIncomplete {
+                    secret: names.peer_ca(),
+                    key,
+                });
+            }
+        }
+        return Ok(());
+    }
+    let pem = devicegrid_pki::new_ca(&names.cluster(), PEER_CA_DAYS).map_err(Error::Pki)?;
+    let secret = builders::peer_ca_secret(dg, names, &pem)?;
+    let params = PostParams {
+        field_manager: Some(MANAGER.into()),
+        ..PostParams::default()
+    };
+    match api.create(&params, &secret).await {
+        Ok(_) => {
+            tracing::info!(grid = %names.grid, secret = %names.peer_ca(), "created the peer CA");
+            Ok(())
+        }
+        Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Publishes an Event when the cause the status reports has changed.

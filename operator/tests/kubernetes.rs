@@ -23,8 +23,9 @@ use devicegrid_operator::status::Phase;
 use devicegrid_proto::MemberState;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Service, ServiceAccount};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Secret, Service, ServiceAccount};
 use k8s_openapi::api::events::v1::Event;
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
@@ -254,6 +255,16 @@ async fn lifecycle_under_the_charts_service_account() {
         .await
         .expect("sa");
     assert!(owned_by(sa.metadata.owner_references.clone(), &uid));
+    let nps: Api<NetworkPolicy> = Api::namespaced(admin.clone(), NS);
+    let np = nps.get("fleet-peers").await.expect("networkpolicy");
+    assert!(owned_by(np.metadata.owner_references.clone(), &uid));
+    // The peer CA is made once and kept: later passes do not replace it.
+    let secrets: Api<Secret> = Api::namespaced(admin.clone(), NS);
+    let ca = secrets.get("fleet-peer-ca").await.expect("peer CA secret");
+    assert!(owned_by(ca.metadata.owner_references.clone(), &uid));
+    let pem = |k: &str| ca.data.as_ref().and_then(|d| d.get(k)).map(|v| v.0.clone());
+    assert!(pem("ca.crt").is_some_and(|c| c.starts_with(b"-----BEGIN CERTIFICATE")));
+    assert!(pem("ca.key").is_some_and(|k| !k.is_empty()));
 
     // Status from the grid's own view.
     wait(T, "status with the grid's members", || async {
@@ -366,6 +377,10 @@ async fn lifecycle_under_the_charts_service_account() {
             "no {reason} event: {reasons:?}"
         );
     }
+
+    // Many passes later, the peer CA is the one made at first.
+    let later = secrets.get("fleet-peer-ca").await.expect("peer CA secret");
+    assert_eq!(later.data, ca.data, "the peer CA was replaced");
 
     // Reconcile metrics.
     let passes = operator

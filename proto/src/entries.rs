@@ -6,6 +6,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use crate::auth::{Role, User};
 use crate::maps::Processor;
 use crate::views::{MemberState, Move, MoveReason, NodeId};
 use crate::ErrorCode;
@@ -166,8 +167,12 @@ pub enum OpOutcome {
 pub struct MemberInfo {
     /// Stable member id.
     pub id: NodeId,
-    /// Advertised `host:port` of its HTTP endpoint (API and peer traffic).
+    /// Advertised `host:port` of its peer endpoint.
     pub addr: String,
+    /// Advertised `host:port` of its client API (absent: registered by a release that served
+    /// both on `addr`).
+    #[serde(default)]
+    pub client_addr: Option<String>,
     /// Failure zone (a Kubernetes node's `topology.kubernetes.io/zone`), if known.
     #[serde(default)]
     pub zone: Option<String>,
@@ -209,6 +214,12 @@ pub struct MetaState {
     pub moves_finished: u64,
     /// Incremented by every change.
     pub epoch: u64,
+    /// Users by name.
+    #[serde(default)]
+    pub users: BTreeMap<String, User>,
+    /// Roles by name (besides the built-in `admin`).
+    #[serde(default)]
+    pub roles: BTreeMap<String, Role>,
 }
 
 impl MetaState {
@@ -233,6 +244,13 @@ impl MetaState {
     /// Address of member `id`.
     pub fn addr(&self, id: NodeId) -> Option<&str> {
         self.members.get(&id).map(|m| m.addr.as_str())
+    }
+
+    /// Client API address of member `id` (its peer address when it registered none).
+    pub fn client_addr(&self, id: NodeId) -> Option<&str> {
+        self.members
+            .get(&id)
+            .map(|m| m.client_addr.as_deref().unwrap_or(&m.addr))
     }
 
     /// State of member `id`.
@@ -269,10 +287,13 @@ pub enum MetaCommand {
     Join {
         /// Member id.
         id: NodeId,
-        /// Advertised address.
+        /// Advertised peer address.
         addr: String,
         /// Failure zone.
         zone: Option<String>,
+        /// Advertised client API address.
+        #[serde(default)]
+        client_addr: Option<String>,
     },
     /// Makes the listed registered members active and creates the partition table; ignored
     /// once done.
@@ -341,6 +362,40 @@ pub enum MetaCommand {
         partition: u32,
         /// One of its replicas.
         leader: NodeId,
+    },
+    // New variants go last, so entries already in logs decode as they were written.
+    /// Creates or changes a user. `token_sha256` replaces its token; `None` keeps it (the
+    /// user must exist then). Every role must exist.
+    PutUser {
+        /// User name.
+        name: String,
+        /// Role names.
+        roles: Vec<String>,
+        /// SHA-256 of a new token, lowercase hex.
+        token_sha256: Option<String>,
+    },
+    /// Removes a user; refused for the last user holding `admin`.
+    DeleteUser {
+        /// User name.
+        name: String,
+    },
+    /// Creates or replaces a role (not `admin`).
+    PutRole {
+        /// Role name.
+        name: String,
+        /// Its grants.
+        role: Role,
+    },
+    /// Removes a role no user holds.
+    DeleteRole {
+        /// Role name.
+        name: String,
+    },
+    /// Creates the user `admin` with this token if the grid has no user yet (the bootstrap
+    /// admin secret); ignored once any user exists.
+    BootstrapAdmin {
+        /// SHA-256 of the token, lowercase hex.
+        token_sha256: String,
     },
 }
 

@@ -45,12 +45,27 @@ pub enum ErrorCode {
     BodyTooLarge,
     /// A known route called with another method (405).
     MethodNotAllowed,
+    /// A user or role name outside `a-z 0-9 . _ -` or too long.
+    InvalidName,
+    /// A role that does not fit (no grants, too many, `admin` redefined), or a user naming
+    /// a role that does not exist.
+    InvalidRole,
+
+    // 401, 403
+    /// No bearer token, or one the grid does not know (401, with `WWW-Authenticate`).
+    Unauthenticated,
+    /// The user's roles do not grant the action on the resource (403).
+    Forbidden,
 
     // 404
     /// No such entry or route.
     NotFound,
     /// No such member in the metadata group (the operator shrinks on this answer).
     MemberNotFound,
+    /// No such user.
+    UserNotFound,
+    /// No such role.
+    RoleNotFound,
 
     // 409: refused in the current state
     /// A processor's JSON pointer does not fit the current value (not an index, out of
@@ -58,6 +73,10 @@ pub enum ErrorCode {
     InvalidField,
     /// A processor's condition did not hold.
     ConditionFailed,
+    /// A role some user still holds cannot be removed.
+    RoleInUse,
+    /// The last user holding `admin` cannot be removed or lose the role.
+    LastAdmin,
     /// `increment` on a field that is not a number.
     NotANumber,
     /// A shadow update named a version that is not the current one.
@@ -118,11 +137,13 @@ impl ErrorCode {
             InvalidJson | InvalidBody | InvalidPath | InvalidQuery | InvalidMapName
             | InvalidKey | InvalidTtl | InvalidVersion | InvalidConsistency | InvalidBatch
             | InvalidProcessor | InvalidProcessorArgs | UnknownProcessor | InvalidMemberId
-            | InvalidConfig => 400,
-            NotFound | MemberNotFound => 404,
+            | InvalidConfig | InvalidName | InvalidRole => 400,
+            Unauthenticated => 401,
+            Forbidden => 403,
+            NotFound | MemberNotFound | UserNotFound | RoleNotFound => 404,
             InvalidField | ConditionFailed | NotANumber | VersionConflict | InvalidShadow
             | NotAShadow | ValueTooDeep | ValueTooLarge | UnreadableValue | DrainRefused
-            | InvalidMove | NoMembers | WrongDataDir => 409,
+            | InvalidMove | NoMembers | WrongDataDir | RoleInUse | LastAdmin => 409,
             VersionMismatch => 412,
             NotLeader | Unavailable | Overloaded => 503,
             OutcomeUnknown => 504,

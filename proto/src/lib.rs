@@ -6,6 +6,7 @@
 //!
 //! | module | what lives there |
 //! | --- | --- |
+//! | [`auth`] | users, roles, grants and the permission a request needs; admin API bodies |
 //! | [`error`] | [`ErrorCode`] (one enum, its HTTP status decided once), the error body with routing facts |
 //! | [`maps`] | map requests and answers, processors and their arguments, limits |
 //! | [`views`] | cluster, member and partition views; member states, move reasons and phases |
@@ -16,6 +17,7 @@
 
 #![deny(missing_docs)]
 
+pub mod auth;
 pub mod error;
 pub mod maps;
 pub mod views;

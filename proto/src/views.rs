@@ -146,8 +146,11 @@ pub struct MoveView {
 pub struct MemberView {
     /// Member id.
     pub id: NodeId,
-    /// Advertised address.
+    /// Advertised client API address.
     pub address: String,
+    /// Advertised peer address (members only; absent from views of older releases).
+    #[serde(default)]
+    pub peer_address: Option<String>,
     /// Failure zone.
     pub zone: Option<String>,
     /// Lifecycle state.

@@ -46,7 +46,11 @@ pub fn free_ports(n: usize) -> Vec<u16> {
         .collect()
 }
 
-/// The first of `n` consecutive free loopback ports (for programs that take a base port).
+/// Peer ports of `devicegrid dev` are its client ports plus this.
+pub const DEV_PEER_PORT_OFFSET: u16 = 100;
+
+/// The first of `n` consecutive free loopback ports whose run [`DEV_PEER_PORT_OFFSET`]
+/// higher is free too (for `devicegrid dev --base-port`: client and peer ports).
 pub fn free_run(n: u16) -> u16 {
     for _ in 0..200 {
         let base = free_ports(1)[0];
@@ -54,9 +58,10 @@ pub fn free_run(n: u16) -> u16 {
             continue;
         }
         let held: Vec<_> = (0..n)
-            .filter_map(|i| TcpListener::bind(("127.0.0.1", base + i)).ok())
+            .flat_map(|i| [base + i, base + DEV_PEER_PORT_OFFSET + i])
+            .filter_map(|p| TcpListener::bind(("127.0.0.1", p)).ok())
             .collect();
-        if held.len() == n as usize {
+        if held.len() == 2 * n as usize {
             return base;
         }
     }

@@ -60,6 +60,12 @@ impl IntoResponse for ApiError {
             resp.headers_mut()
                 .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
         }
+        if self.0.code() == ErrorCode::Unauthenticated {
+            resp.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static("Bearer realm=\"devicegrid\""),
+            );
+        }
         resp
     }
 }

@@ -1,19 +1,77 @@
-//! `POST /internal/v1/peer`: a MessagePack batch of [`PeerRequest`]s from another member,
-//! answered in order. Requests of one batch are served concurrently.
+//! `POST /internal/v1/peer` on the peer port: a MessagePack batch of [`PeerRequest`]s from
+//! another member, answered in order. Requests of one batch are served concurrently.
+//!
+//! Bodies are bounded twice: each at [`MAX_PEER_BODY_BYTES`] (a batch is at most 8 MiB plus
+//! one larger request, a forwarded client batch of up to 16 MiB), and all bodies being read
+//! or served at once at [`PEER_BODIES_IN_FLIGHT`]: a request waits for room before its body
+//! is read, so many large batches cannot add up.
 
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::State;
-use axum::http::StatusCode;
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use tokio::sync::Semaphore;
 
 use crate::cluster::Grid;
 use crate::storage::{decode, encode};
-use crate::transport::PeerRequest;
+use crate::transport::{PeerConn, PeerRequest};
 
-/// Serves one batch.
-pub async fn peer(State(grid): State<Arc<Grid>>, body: Bytes) -> Response {
+/// Largest peer request body, in bytes.
+pub const MAX_PEER_BODY_BYTES: usize = 32 * 1024 * 1024;
+/// Bytes of peer request bodies being read or served at once.
+pub const PEER_BODIES_IN_FLIGHT: usize = 128 * 1024 * 1024;
+
+/// Room for peer request bodies.
+#[derive(Clone)]
+pub struct BodyBudget(Arc<Semaphore>);
+
+impl Default for BodyBudget {
+    fn default() -> Self {
+        BodyBudget(Arc::new(Semaphore::new(PEER_BODIES_IN_FLIGHT)))
+    }
+}
+
+/// Holds a request until its declared body fits the budget; refuses bodies without a
+/// length or over the limit before reading them.
+pub async fn bounded(State(budget): State<BodyBudget>, req: Request, next: Next) -> Response {
+    let len = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    let len = match len {
+        None => {
+            return (
+                StatusCode::LENGTH_REQUIRED,
+                "peer requests declare their length",
+            )
+                .into_response()
+        }
+        Some(n) if n > MAX_PEER_BODY_BYTES => {
+            return (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("peer requests are limited to {MAX_PEER_BODY_BYTES} bytes"),
+            )
+                .into_response()
+        }
+        Some(n) => n,
+    };
+    // At least one permit, so empty bodies also take their turn; the limit fits in u32.
+    let Ok(_room) = budget.0.acquire_many(len.max(1) as u32).await else {
+        return StatusCode::SERVICE_UNAVAILABLE.into_response();
+    };
+    next.run(req).await
+}
+
+/// Serves one batch from the member the connection's certificate names.
+pub async fn peer(
+    State(grid): State<Arc<Grid>>,
+    ConnectInfo(conn): ConnectInfo<PeerConn>,
+    body: Bytes,
+) -> Response {
     let reqs: Vec<PeerRequest> = match decode(&body) {
         Ok(r) => r,
         Err(e) => {
@@ -24,7 +82,9 @@ pub async fn peer(State(grid): State<Arc<Grid>>, body: Bytes) -> Response {
                 .into_response()
         }
     };
-    let answers = futures::future::join_all(reqs.into_iter().map(|r| grid.peers.handle(r))).await;
+    let answers =
+        futures::future::join_all(reqs.into_iter().map(|r| grid.peers.handle(conn.member, r)))
+            .await;
     match encode(&answers) {
         Ok(bytes) => (
             [(axum::http::header::CONTENT_TYPE, "application/msgpack")],

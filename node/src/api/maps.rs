@@ -11,7 +11,6 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
-use serde_json::value::RawValue;
 use serde_json::Value;
 
 use devicegrid_proto::maps::{
@@ -23,14 +22,10 @@ use devicegrid_proto::ErrorCode;
 use super::error::detail_of;
 use super::ApiError;
 use crate::cluster::Grid;
-use crate::structures::map::{
-    MapOp, OpOutcome, Record, MAX_KEY_BYTES, MAX_MAP_NAME_BYTES, MAX_VALUE_BYTES,
-};
+use crate::structures::check::{check_key, check_map, json_text, MAX_TTL_SECONDS};
+use crate::structures::map::{MapOp, OpOutcome, Record, MAX_VALUE_BYTES};
 use crate::structures::processor::{self, Processor};
 use crate::{Error, Result};
-
-/// Longest accepted TTL: ten years, in seconds.
-const MAX_TTL_SECONDS: u64 = 10 * 365 * 24 * 3600;
 
 /// Query parameters of map routes.
 #[derive(Debug, Default, Deserialize)]
@@ -40,38 +35,6 @@ pub struct MapQuery {
     consistency: Option<String>,
     /// Time to live in seconds (writes).
     ttl: Option<String>,
-}
-
-fn check_map(map: &str) -> Result<()> {
-    let ok = !map.is_empty()
-        && map.len() <= MAX_MAP_NAME_BYTES
-        && map
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b));
-    if ok {
-        Ok(())
-    } else {
-        Err(Error::bad_request(
-            ErrorCode::InvalidMapName,
-            format!("map names are 1-{MAX_MAP_NAME_BYTES} characters of A-Z a-z 0-9 _ - ."),
-        ))
-    }
-}
-
-fn check_key(key: &str) -> Result<()> {
-    if key.is_empty() || key.len() > MAX_KEY_BYTES {
-        return Err(Error::bad_request(
-            ErrorCode::InvalidKey,
-            format!("keys are 1-{MAX_KEY_BYTES} bytes"),
-        ));
-    }
-    if key.chars().any(char::is_control) {
-        return Err(Error::bad_request(
-            ErrorCode::InvalidKey,
-            "keys must not contain control characters",
-        ));
-    }
-    Ok(())
 }
 
 fn path_pair(path: Result<Path<(String, String)>, PathRejection>) -> Result<(String, String)> {
@@ -93,20 +56,6 @@ fn body_bytes(body: Result<Bytes, BytesRejection>) -> Result<Bytes> {
             Error::bad_request(ErrorCode::InvalidBody, e.body_text())
         }
     })
-}
-
-/// The body as validated JSON text.
-fn json_text(bytes: &[u8]) -> Result<String> {
-    if bytes.len() > MAX_VALUE_BYTES {
-        return Err(Error::bad_request(
-            ErrorCode::BodyTooLarge,
-            format!("values are limited to {MAX_VALUE_BYTES} bytes"),
-        ));
-    }
-    let raw: &RawValue = serde_json::from_slice(bytes).map_err(|e| {
-        Error::bad_request(ErrorCode::InvalidJson, format!("the body is not JSON: {e}"))
-    })?;
-    Ok(raw.get().to_string())
 }
 
 fn parse_json<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T> {

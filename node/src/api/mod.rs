@@ -1,5 +1,5 @@
-//! The HTTP endpoint of a member (axum): the public JSON API, health and metrics, and the
-//! internal peer endpoint, all on one port.
+//! The HTTP endpoints of a member (axum): the client port (the public JSON API, health and
+//! metrics) and the peer port (mutual TLS, members only: Raft and forwarding).
 //!
 //! | route | handler |
 //! | --- | --- |
@@ -8,14 +8,20 @@
 //! | `POST /v1/batch/maps/{map}/put`, `.../get` | [`maps`]: many keys at once |
 //! | `GET /v1/members`, `GET /v1/members/{id}`, `POST /v1/members/{id}/drain` | [`members`] |
 //! | `GET /v1/cluster`, `/v1/partitions`, `/healthz`, `/readyz`, `/metrics` | [`cluster`] |
-//! | `POST /internal/v1/peer` | [`internal`]: Raft and forwarding between members |
+//! | `GET /v1/auth/whoami`, `/v1/admin/users[/{name}[/token]]`, `/v1/admin/roles[/{name}]` | [`admin`] |
+//!
+//! Every client route passes [`auth::authorize`] (bearer token, then the route's permission).
+//! | `POST /internal/v1/peer` (peer port) | [`internal`]: Raft and forwarding between members |
 
+pub mod admin;
+pub mod auth;
 pub mod cluster;
 pub mod error;
 pub mod internal;
 pub mod maps;
 pub mod members;
 
+use std::future::IntoFuture;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -28,14 +34,13 @@ use tokio::net::TcpListener;
 
 use crate::cluster::Grid;
 use crate::structures::map::MAX_VALUE_BYTES;
+use crate::transport::{PeerConn, PeerListener};
 pub use error::ApiError;
 
 /// Largest accepted batch request body, in bytes.
 pub const MAX_BATCH_BODY_BYTES: usize = 16 * 1024 * 1024;
-/// Largest peer request body (snapshot chunks are 4 MiB), in bytes.
-const MAX_PEER_BODY_BYTES: usize = 256 * 1024 * 1024;
 
-/// The member's router.
+/// The client port's router.
 pub fn router(grid: Arc<Grid>) -> Router {
     let public = Router::new()
         .route(
@@ -60,15 +65,46 @@ pub fn router(grid: Arc<Grid>) -> Router {
         .route("/healthz", get(cluster::healthz))
         .route("/readyz", get(cluster::readyz))
         .route("/metrics", get(cluster::metrics))
+        .route("/v1/auth/whoami", get(admin::whoami))
+        .route("/v1/admin/users", get(admin::list_users))
+        .route(
+            "/v1/admin/users/{name}",
+            get(admin::get_user)
+                .put(admin::put_user)
+                .delete(admin::delete_user),
+        )
+        .route("/v1/admin/users/{name}/token", post(admin::renew_token))
+        .route("/v1/admin/roles", get(admin::list_roles))
+        .route(
+            "/v1/admin/roles/{name}",
+            get(admin::get_role)
+                .put(admin::put_role)
+                .delete(admin::delete_role),
+        )
+        .route_layer(middleware::from_fn_with_state(
+            grid.clone(),
+            auth::authorize,
+        ))
         .layer(middleware::from_fn_with_state(grid.clone(), observe));
     Router::new()
         .merge(public)
-        .route(
-            crate::transport::PEER_PATH,
-            post(internal::peer).layer(DefaultBodyLimit::max(MAX_PEER_BODY_BYTES)),
-        )
         .fallback(error::no_route)
         .method_not_allowed_fallback(error::method_not_allowed)
+        .with_state(grid)
+}
+
+/// The peer port's router: one route, bodies bounded one by one and all together.
+pub fn peer_router(grid: Arc<Grid>) -> Router {
+    Router::new()
+        .route(
+            crate::transport::PEER_PATH,
+            post(internal::peer)
+                .layer(DefaultBodyLimit::max(internal::MAX_PEER_BODY_BYTES))
+                .layer(middleware::from_fn_with_state(
+                    internal::BodyBudget::default(),
+                    internal::bounded,
+                )),
+        )
         .with_state(grid)
 }
 
@@ -86,10 +122,26 @@ async fn observe(State(grid): State<Arc<Grid>>, req: Request, next: Next) -> Res
     resp
 }
 
-/// Serves `grid` on `listener` until the grid stops.
-pub async fn serve(grid: Arc<Grid>, listener: TcpListener) -> std::io::Result<()> {
+/// Serves `grid`'s client API on `client` and its peer endpoint on `peer` until the grid
+/// stops.
+pub async fn serve(grid: Arc<Grid>, client: TcpListener, peer: TcpListener) -> std::io::Result<()> {
     let token = grid.tasks().token().clone();
-    axum::serve(listener, router(grid))
-        .with_graceful_shutdown(async move { token.cancelled().await })
-        .await
+    let peers = PeerListener::start(
+        peer,
+        grid.peer_tls.clone(),
+        grid.config.max_peer_connections,
+        grid.tasks(),
+    )?;
+    let stopped = {
+        let token = token.clone();
+        async move { token.cancelled().await }
+    };
+    let client = axum::serve(client, router(grid.clone())).with_graceful_shutdown(stopped);
+    let peer = axum::serve(
+        peers,
+        peer_router(grid).into_make_service_with_connect_info::<PeerConn>(),
+    )
+    .with_graceful_shutdown(async move { token.cancelled().await });
+    let (c, p) = tokio::join!(client.into_future(), peer.into_future());
+    c.and(p)
 }

@@ -1,6 +1,8 @@
 //! Command line: flags and environment become a typed [`Config`]; nothing below reads the
 //! environment.
 
+mod admin;
+mod certs;
 mod dev;
 
 use std::net::SocketAddr;
@@ -35,6 +37,10 @@ enum Command {
     Serve(Box<ServeArgs>),
     /// Run a local grid: N members, each its own process, on 127.0.0.1.
     Dev(dev::DevArgs),
+    /// Make the grid's CA and member certificates for peer TLS.
+    Certs(certs::CertsArgs),
+    /// Manage users and roles of a grid (needs a token holding admin).
+    Admin(admin::AdminArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -45,12 +51,39 @@ struct ServeArgs {
     /// Stable member id (> 0).
     #[arg(long, env = "DEVICEGRID_NODE_ID")]
     node_id: Option<u64>,
-    /// Address the HTTP endpoint binds (API and peer traffic) [default: 127.0.0.1:7001].
+    /// Address the client API binds [default: 127.0.0.1:7001].
     #[arg(long, env = "DEVICEGRID_LISTEN")]
     listen: Option<SocketAddr>,
-    /// host:port other members and clients use to reach this member [default: --listen].
+    /// host:port clients use to reach this member's API [default: --listen].
     #[arg(long, env = "DEVICEGRID_ADVERTISE")]
     advertise: Option<String>,
+    /// Address the peer endpoint (mutual TLS, members only) binds [default: 127.0.0.1:7101].
+    #[arg(long, env = "DEVICEGRID_PEER_LISTEN")]
+    peer_listen: Option<SocketAddr>,
+    /// host:port other members use to reach this member [default: --peer-listen].
+    #[arg(long, env = "DEVICEGRID_PEER_ADVERTISE")]
+    peer_advertise: Option<String>,
+    /// The grid's CA certificate (PEM); peers must present a member certificate it signed.
+    #[arg(long, env = "DEVICEGRID_PEER_CA")]
+    peer_ca: Option<PathBuf>,
+    /// This member's certificate (PEM, naming its member id); with --peer-key.
+    #[arg(long, env = "DEVICEGRID_PEER_CERT")]
+    peer_cert: Option<PathBuf>,
+    /// Private key of --peer-cert (PEM).
+    #[arg(long, env = "DEVICEGRID_PEER_KEY")]
+    peer_key: Option<PathBuf>,
+    /// The CA's private key (PEM): the member issues its own certificate at start.
+    #[arg(long, env = "DEVICEGRID_PEER_CA_KEY")]
+    peer_ca_key: Option<PathBuf>,
+    /// Client requests need a bearer token of a user allowed to make them.
+    #[arg(long, env = "DEVICEGRID_AUTH_ENABLED")]
+    auth_enabled: Option<bool>,
+    /// File holding the bootstrap admin token: user `admin` gets it while the grid has no user.
+    #[arg(long, env = "DEVICEGRID_AUTH_BOOTSTRAP_TOKEN_FILE")]
+    auth_bootstrap_token_file: Option<PathBuf>,
+    /// Peer connections served at once [default: 256].
+    #[arg(long, env = "DEVICEGRID_MAX_PEER_CONNECTIONS")]
+    max_peer_connections: Option<usize>,
     /// Data directory [default: .devicegrid/member-1].
     #[arg(long, env = "DEVICEGRID_DATA_DIR")]
     data_dir: Option<PathBuf>,
@@ -132,6 +165,9 @@ impl ServeArgs {
         set!(
             node_id,
             listen,
+            peer_listen,
+            max_peer_connections,
+            auth_enabled,
             data_dir,
             initial_members,
             partitions,
@@ -148,20 +184,23 @@ impl ServeArgs {
             max_queued_peer_requests,
             max_queued_peer_bytes
         );
-        if self.advertise.is_some() {
-            c.advertise = self.advertise;
+        macro_rules! set_opt {
+            ($($f:ident),*) => { $( if self.$f.is_some() { c.$f = self.$f; } )* };
         }
-        if self.zone.is_some() {
-            c.zone = self.zone;
-        }
+        set_opt!(
+            advertise,
+            peer_advertise,
+            peer_ca,
+            peer_cert,
+            peer_key,
+            peer_ca_key,
+            auth_bootstrap_token_file,
+            zone,
+            min_members,
+            peer_source_ip
+        );
         if let (None, Some(i)) = (self.node_id, self.pod_index) {
             c.node_id = i + 1;
-        }
-        if self.min_members.is_some() {
-            c.min_members = self.min_members;
-        }
-        if self.peer_source_ip.is_some() {
-            c.peer_source_ip = self.peer_source_ip;
         }
         c.validate()?;
         Ok(c)
@@ -204,6 +243,8 @@ pub fn main() -> ExitCode {
                 serve(args.into_config()?).await
             }
             Command::Dev(args) => dev::run(args).await,
+            Command::Certs(args) => certs::run(args),
+            Command::Admin(args) => admin::run(args).await,
         }
     });
     match result {
@@ -219,12 +260,20 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("binding {}", config.listen))?;
+    let peer_listener = tokio::net::TcpListener::bind(config.peer_listen)
+        .await
+        .with_context(|| format!("binding {}", config.peer_listen))?;
     let grid = Grid::start(config, Arc::new(Metrics::new()), Tasks::new()).await?;
-    tracing::info!(member = grid.id, addr = %grid.config.advertised(), "member started");
+    tracing::info!(
+        member = grid.id,
+        addr = %grid.config.advertised(),
+        peer_addr = %grid.config.peer_advertised(),
+        "member started"
+    );
     // The server belongs to the member's task tree: stopping the member ends it gracefully.
     let server = grid.clone();
     grid.tasks().spawn_to_end(async move {
-        if let Err(e) = api::serve(server.clone(), listener).await {
+        if let Err(e) = api::serve(server.clone(), listener, peer_listener).await {
             tracing::error!(error = %e, "HTTP server");
             server.tasks().cancel();
         }

@@ -104,6 +104,8 @@ pub struct Hosting {
     pub meta: Arc<MetaClient>,
     /// Which replicas have the table (for initializing groups).
     pub liveness: Arc<Liveness>,
+    /// SHA-256 of the bootstrap admin token: the grid's first user gets it.
+    pub bootstrap_admin: Option<String>,
 }
 
 /// Runs until shutdown: initializes the metadata group if this is the first initial member,
@@ -138,6 +140,24 @@ pub async fn run(ctx: Arc<Hosting>, token: CancellationToken) {
             }
         } else if !needs_join(&ctx, &meta, registered) {
             registered = true;
+        }
+        if let Some(hash) = ctx
+            .bootstrap_admin
+            .as_ref()
+            .filter(|_| meta.users.is_empty())
+        {
+            // Every member given the secret proposes it; the first commit wins and the
+            // others change nothing.
+            let cmd = MetaCommand::BootstrapAdmin {
+                token_sha256: hash.clone(),
+            };
+            match ctx.meta.commit(cmd).await {
+                Ok(_) => tracing::info!("bootstrap admin user registered"),
+                Err(e) => {
+                    waiting = true;
+                    tracing::debug!(error = %e, "bootstrap admin not registered yet");
+                }
+            }
         }
         if meta.bootstrapped() {
             match host_partitions(&ctx, &meta).await {
@@ -188,7 +208,8 @@ fn needs_join(ctx: &Hosting, meta: &MetaState, registered: bool) -> bool {
     match meta.members.get(&ctx.groups.id()) {
         None => true,
         Some(m) => {
-            m.addr != ctx.config.advertised()
+            m.addr != ctx.config.peer_advertised()
+                || m.client_addr.as_deref() != Some(&ctx.config.advertised())
                 || m.zone != ctx.config.zone
                 || (!registered && m.state == MemberState::Decommissioned)
         }
@@ -198,8 +219,9 @@ fn needs_join(ctx: &Hosting, meta: &MetaState, registered: bool) -> bool {
 async fn register(ctx: &Hosting) -> Result<()> {
     let cmd = MetaCommand::Join {
         id: ctx.groups.id(),
-        addr: ctx.config.advertised(),
+        addr: ctx.config.peer_advertised(),
         zone: ctx.config.zone.clone(),
+        client_addr: Some(ctx.config.advertised()),
     };
     ctx.meta.commit(cmd).await?;
     tracing::info!(member = ctx.groups.id(), "registered with the grid");

@@ -29,7 +29,7 @@ use crate::metrics::{GridStats, GroupStats, Metrics};
 use crate::raft::{GroupId, NodeId};
 use crate::runtime::Tasks;
 use crate::storage::Storage;
-use crate::transport::Transport;
+use crate::transport::{MemberCert, PeerTls, TlsFiles, Transport};
 use crate::Result;
 
 /// A member of the grid.
@@ -52,6 +52,8 @@ pub struct Grid {
     pub peers: Arc<PeerServer>,
     /// Which peers answer.
     pub liveness: Arc<Liveness>,
+    /// Certificates of peer traffic (the peer listener serves with them).
+    pub peer_tls: PeerTls,
     storage: Storage,
     tasks: Tasks,
     /// The transport outlives the other tasks (groups still talk while they shut down).
@@ -65,14 +67,16 @@ impl Grid {
         config.validate()?;
         bootstrap::check_identity(&config)?;
         let config = Arc::new(config);
+        let peer_tls = PeerTls::load(&tls_files(&config)?, &config.cluster_name, config.node_id)?;
         let storage = Storage::open(&config.data_dir)?;
         let transport_tasks = Tasks::new();
         let transport = Transport::new(
             transport_tasks.clone(),
+            &peer_tls,
             config.peer_source_ip,
             config.max_queued_peer_requests,
             config.max_queued_peer_bytes,
-        );
+        )?;
         let groups = Arc::new(
             Groups::open(&config, storage.clone(), transport.clone(), tasks.child()).await?,
         );
@@ -114,6 +118,7 @@ impl Grid {
                 groups: groups.clone(),
                 meta: meta.clone(),
                 liveness: liveness.clone(),
+                bootstrap_admin: bootstrap_admin(&config)?,
             }),
             token.clone(),
         ));
@@ -158,6 +163,7 @@ impl Grid {
             views,
             peers,
             liveness,
+            peer_tls,
             storage,
             tasks,
             transport_tasks,
@@ -237,4 +243,53 @@ impl Grid {
             .collect();
         stats
     }
+}
+
+/// Where the peer certificates come from (`Config::validate` checked the combination).
+fn tls_files(config: &Config) -> Result<TlsFiles> {
+    let missing = |what: &str| crate::Error::Tls(format!("{what} is not set"));
+    let ca = config.peer_ca.clone().ok_or_else(|| missing("peer_ca"))?;
+    let member = match (&config.peer_cert, &config.peer_key, &config.peer_ca_key) {
+        (Some(cert), Some(key), _) => MemberCert::Files {
+            cert: cert.clone(),
+            key: key.clone(),
+        },
+        (_, _, Some(ca_key)) => {
+            let advertised = config.peer_advertised();
+            let host = advertised
+                .rsplit_once(':')
+                .map_or(advertised.as_str(), |(h, _)| h)
+                .trim_matches(|c| c == '[' || c == ']')
+                .to_string();
+            MemberCert::IssueWith {
+                ca_key: ca_key.clone(),
+                hosts: vec![host],
+            }
+        }
+        _ => return Err(missing("peer_cert and peer_key, or peer_ca_key,")),
+    };
+    Ok(TlsFiles { ca, member })
+}
+
+/// SHA-256 of the bootstrap admin token in `auth_bootstrap_token_file`, if set.
+fn bootstrap_admin(config: &Config) -> Result<Option<String>> {
+    let Some(path) = &config.auth_bootstrap_token_file else {
+        return Ok(None);
+    };
+    let invalid = |message: String| {
+        crate::Error::Config(crate::config::ConfigError {
+            setting: "auth_bootstrap_token_file",
+            message,
+        })
+    };
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| invalid(format!("reading {}: {e}", path.display())))?;
+    let token = text.trim();
+    if token.len() < 16 || token.chars().any(char::is_whitespace) {
+        return Err(invalid(format!(
+            "{}: the token is at least 16 characters, without spaces",
+            path.display()
+        )));
+    }
+    Ok(Some(crate::structures::auth::token_sha256(token)))
 }

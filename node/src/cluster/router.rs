@@ -138,7 +138,7 @@ impl Router {
             partition: Some(p),
             leader: leader.map(|id| LeaderHint {
                 id,
-                address: meta.addr(id).map(str::to_string),
+                address: meta.client_addr(id).map(str::to_string),
             }),
             partition_version: Some(meta.version(p)),
             table_version: Some(meta.epoch),

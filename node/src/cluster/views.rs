@@ -121,7 +121,8 @@ impl Views {
             let report = reports.get(&m.id).cloned().flatten();
             members.push(MemberView {
                 id: m.id,
-                address: m.addr.clone(),
+                address: m.client_addr.clone().unwrap_or_else(|| m.addr.clone()),
+                peer_address: Some(m.addr.clone()),
                 zone: m.zone.clone(),
                 state: m.state,
                 reachable: report.is_some(),

@@ -7,11 +7,14 @@
 //!   in one batch (group proposals, transport lanes), and [`gather`], its rule, also used
 //!   by the storage flusher
 //! - [`periodic`]: [`Every`], a ticker that ends with the member
+//! - [`throttle`]: [`Throttle`], one log line per period for a storm of the same error
 
 pub mod coalesce;
 pub mod periodic;
 pub mod tasks;
+pub mod throttle;
 
 pub use coalesce::{gather, Budget, Coalescer, Limits, QueueFull, QueueSender, Weight};
 pub use periodic::Every;
 pub use tasks::Tasks;
+pub use throttle::Throttle;

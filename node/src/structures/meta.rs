@@ -16,7 +16,7 @@ pub use devicegrid_proto::entries::{
 pub use devicegrid_proto::views::{MemberState, Move, MoveReason};
 use devicegrid_proto::ErrorCode;
 
-use crate::structures::placement;
+use crate::structures::{auth, placement};
 use devicegrid_proto::NodeId;
 
 fn refused(code: ErrorCode, message: String) -> MetaOutcome {
@@ -34,8 +34,13 @@ pub fn apply(state: &mut MetaState, cmd: &MetaCommand) -> MetaOutcome {
 
 fn apply_inner(s: &mut MetaState, cmd: &MetaCommand) -> MetaOutcome {
     match cmd {
-        MetaCommand::Join { id, addr, zone } => match s.members.get_mut(id) {
-            Some(m) if m.addr == *addr && m.zone == *zone => {
+        MetaCommand::Join {
+            id,
+            addr,
+            zone,
+            client_addr,
+        } => match s.members.get_mut(id) {
+            Some(m) if m.addr == *addr && m.zone == *zone && m.client_addr == *client_addr => {
                 if m.state == MemberState::Decommissioned {
                     m.state = MemberState::Joining;
                     MetaOutcome::Applied
@@ -46,6 +51,7 @@ fn apply_inner(s: &mut MetaState, cmd: &MetaCommand) -> MetaOutcome {
             Some(m) => {
                 m.addr = addr.clone();
                 m.zone = zone.clone();
+                m.client_addr = client_addr.clone();
                 if m.state == MemberState::Decommissioned {
                     m.state = MemberState::Joining;
                 }
@@ -60,6 +66,7 @@ fn apply_inner(s: &mut MetaState, cmd: &MetaCommand) -> MetaOutcome {
                     MemberInfo {
                         id: *id,
                         addr: addr.clone(),
+                        client_addr: client_addr.clone(),
                         zone: zone.clone(),
                         state: MemberState::Joining,
                     },
@@ -252,6 +259,11 @@ fn apply_inner(s: &mut MetaState, cmd: &MetaCommand) -> MetaOutcome {
                 _ => MetaOutcome::Unchanged,
             }
         }
+        MetaCommand::PutUser { .. }
+        | MetaCommand::DeleteUser { .. }
+        | MetaCommand::PutRole { .. }
+        | MetaCommand::DeleteRole { .. }
+        | MetaCommand::BootstrapAdmin { .. } => auth::apply(s, cmd),
     }
 }
 
@@ -272,8 +284,9 @@ pub(crate) mod tests {
     pub(crate) fn join(s: &mut MetaState, id: NodeId, zone: Option<&str>) {
         let cmd = MetaCommand::Join {
             id,
-            addr: format!("127.0.0.1:{}", 7000 + id),
+            addr: format!("127.0.0.1:{}", 7100 + id),
             zone: zone.map(str::to_string),
+            client_addr: Some(format!("127.0.0.1:{}", 7000 + id)),
         };
         assert_eq!(apply(s, &cmd), MetaOutcome::Applied);
     }
@@ -314,8 +327,9 @@ pub(crate) mod tests {
         // Join of a known member with the same address changes nothing.
         let same = MetaCommand::Join {
             id: 1,
-            addr: "127.0.0.1:7001".into(),
+            addr: "127.0.0.1:7101".into(),
             zone: None,
+            client_addr: Some("127.0.0.1:7001".into()),
         };
         assert_eq!(apply(&mut s, &same), MetaOutcome::Unchanged);
         let mut fresh = MetaState::default();

@@ -6,9 +6,13 @@
 //! return are the wire contract's (`devicegrid_proto::entries`, `devicegrid_proto::maps`).
 //!
 //! - [`map`], [`processor`], [`shadow`]: what a partition applies
-//! - [`meta`]: what the metadata group applies (members, partition table, moves)
+//! - [`check`]: the input rules of map operations, shared by the API and the peer server
+//! - [`meta`]: what the metadata group applies (members, partition table, moves); users
+//!   and roles in [`auth`], which also decides what a user may do
 //! - [`placement`]: where replicas go, as pure rules over the metadata state
 
+pub mod auth;
+pub mod check;
 pub mod map;
 pub mod meta;
 pub mod placement;

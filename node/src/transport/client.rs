@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
-use super::{PeerRequest, PeerResponse, PEER_PATH};
+use super::{PeerRequest, PeerResponse, PeerTls, PEER_PATH};
 use crate::runtime::{Budget, Coalescer, Limits, QueueFull, QueueSender, Tasks, Weight};
 use crate::storage::{decode, encode};
 
@@ -85,29 +85,32 @@ pub struct Transport {
 const IN_FLIGHT: usize = 4;
 
 impl Transport {
-    /// A transport whose sender tasks belong to `tasks`; connections to peers leave from
-    /// `source` when given (else the OS chooses); at most `max_queued` requests wait per
-    /// peer and lane, and at most `max_bytes` bytes of them in all.
+    /// A transport whose sender tasks belong to `tasks`, speaking TLS with `tls`;
+    /// connections to peers leave from `source` when given (else the OS chooses); at most
+    /// `max_queued` requests wait per peer and lane, and at most `max_bytes` bytes of them
+    /// in all.
     pub fn new(
         tasks: Tasks,
+        tls: &PeerTls,
         source: Option<std::net::IpAddr>,
         max_queued: usize,
         max_bytes: usize,
-    ) -> Arc<Self> {
+    ) -> crate::Result<Arc<Self>> {
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(1))
             .pool_idle_timeout(Duration::from_secs(60))
             .tcp_nodelay(true)
             .local_address(source)
+            .use_preconfigured_tls((*tls.client).clone())
             .build()
-            .unwrap_or_default();
-        Arc::new(Transport {
+            .map_err(|e| crate::Error::Tls(format!("peer client: {e}")))?;
+        Ok(Arc::new(Transport {
             http,
             lanes: Mutex::new(HashMap::new()),
             tasks,
             max_queued,
             budget: Budget::new(max_bytes),
-        })
+        }))
     }
 
     /// Sends `req` to the member at `addr` and waits at most `timeout` for its answer.
@@ -156,7 +159,7 @@ impl Transport {
                     pending_weight,
                     still_awaited,
                 );
-                let url = format!("http://{addr}{PEER_PATH}");
+                let url = format!("https://{addr}{PEER_PATH}");
                 self.tasks
                     .spawn(run_lane(self.http.clone(), url, queue, self.tasks.clone()));
                 tx

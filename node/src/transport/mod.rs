@@ -1,5 +1,6 @@
 //! Member-to-member traffic: every Raft RPC of every group, liveness pings and forwarded
-//! client operations share one HTTP endpoint per member (`POST /internal/v1/peer`).
+//! client operations share one endpoint per member (`POST /internal/v1/peer` on the peer
+//! port), spoken only over mutual TLS between members of the grid ([`tls`], [`server`]).
 //!
 //! Requests to one member are coalesced: whatever is queued when a send starts travels in
 //! one MessagePack batch, so a sweep of heartbeats for hundreds of groups costs one HTTP
@@ -7,8 +8,18 @@
 //! votes, heartbeats, status), Raft appends, client (forwarded reads and writes, which wait
 //! for commit) and bulk (snapshot chunks). Batches are capped in bytes, and a request whose
 //! caller stopped waiting is dropped instead of sent.
+//!
+//! | module | job |
+//! | --- | --- |
+//! | [`client`] | the sending side: lanes, batches, the TLS client |
+//! | [`server`] | the peer port: connection cap, handshakes, the caller's member id |
+//! | [`tls`] | certificates of both ends, the member verifier |
 
-mod client;
+pub mod client;
+pub mod server;
+pub mod tls;
 
 pub use client::{Lane, Transport, TransportError};
 pub use devicegrid_proto::peer::{PeerRequest, PeerResponse, RaftRpc, WireError, PEER_PATH};
+pub use server::{PeerConn, PeerListener};
+pub use tls::{MemberCert, PeerTls, TlsFiles};

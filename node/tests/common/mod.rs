@@ -22,7 +22,10 @@ use serde_json::Value;
 /// A grid of member processes; every process is killed when it is dropped.
 pub struct TestGrid {
     pub dir: tempfile::TempDir,
+    /// Client API port of each member.
     pub ports: Vec<u16>,
+    /// Peer port of each member.
+    pub peer_ports: Vec<u16>,
     pub partitions: u32,
     procs: Vec<Option<Child>>,
     extra_args: Vec<String>,
@@ -54,14 +57,23 @@ impl TestGrid {
 
     /// A grid of `n` initial members, none started yet (see [`Self::spawn`]).
     pub fn new(n: usize, partitions: u32, extra: &[&str]) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ca = devicegrid_pki::new_ca("devicegrid", 30).expect("ca");
+        let pki = dir.path().join("pki");
+        std::fs::create_dir_all(&pki).expect("pki dir");
+        std::fs::write(pki.join("ca.crt"), &ca.cert).expect("ca.crt");
+        std::fs::write(pki.join("ca.key"), &ca.key).expect("ca.key");
+        let mut ports = free_ports(2 * n);
+        let peer_ports = ports.split_off(n);
         TestGrid {
             extra_args: extra.iter().map(|s| s.to_string()).collect(),
             member_args: Default::default(),
             initial: n,
             net: None,
             proxy_ports: Vec::new(),
-            dir: tempfile::tempdir().expect("tempdir"),
-            ports: free_ports(n),
+            dir,
+            ports,
+            peer_ports,
             partitions,
             procs: (0..n).map(|_| None).collect(),
             http: reqwest::Client::builder()
@@ -76,7 +88,7 @@ impl TestGrid {
         let mut g = Self::new(n, partitions, extra);
         let net = faults::FaultNet::new();
         g.proxy_ports = (1..=n as u64)
-            .map(|id| net.proxy(id, g.ports[id as usize - 1]))
+            .map(|id| net.proxy(id, g.peer_ports[id as usize - 1]))
             .collect();
         g.net = Some(net);
         g
@@ -86,7 +98,7 @@ impl TestGrid {
     fn peer_addr(&self, id: u64) -> String {
         let port = match &self.net {
             Some(_) => self.proxy_ports[id as usize - 1],
-            None => self.ports[id as usize - 1],
+            None => self.peer_ports[id as usize - 1],
         };
         format!("127.0.0.1:{port}")
     }
@@ -102,15 +114,17 @@ impl TestGrid {
         let taken: Vec<TcpListener> = self
             .ports
             .iter()
+            .chain(&self.peer_ports)
             .filter_map(|p| TcpListener::bind(("127.0.0.1", *p)).ok())
             .collect();
-        let port = free_ports(1)[0];
+        let new = free_ports(2);
         drop(taken);
-        self.ports.push(port);
+        self.ports.push(new[0]);
+        self.peer_ports.push(new[1]);
         self.procs.push(None);
         let id = self.ports.len() as u64;
         if let Some(net) = &self.net {
-            self.proxy_ports.push(net.proxy(id, port));
+            self.proxy_ports.push(net.proxy(id, new[1]));
         }
         self.spawn(id);
         id
@@ -199,6 +213,11 @@ impl TestGrid {
         (1..=self.ports.len() as u64).collect()
     }
 
+    /// Holds the grid's CA (`ca.crt`, `ca.key`).
+    pub fn pki(&self) -> std::path::PathBuf {
+        self.dir.path().join("pki")
+    }
+
     pub fn url(&self, id: u64) -> String {
         format!("http://127.0.0.1:{}", self.ports[id as usize - 1])
     }
@@ -208,7 +227,7 @@ impl TestGrid {
         let seeds: Vec<String> = (1..=self.initial as u64)
             .map(|i| format!("{i}={}", self.peer_addr(i)))
             .collect();
-        let mut net_args = vec!["--advertise".to_string(), self.peer_addr(id)];
+        let mut net_args = vec!["--peer-advertise".to_string(), self.peer_addr(id)];
         if let Some(net) = &self.net {
             net_args.extend(["--peer-source-ip".into(), net.source_ip(id).to_string()]);
         }
@@ -226,6 +245,14 @@ impl TestGrid {
                 "--listen",
                 &format!("127.0.0.1:{}", self.ports[id as usize - 1]),
             ])
+            .args([
+                "--peer-listen",
+                &format!("127.0.0.1:{}", self.peer_ports[id as usize - 1]),
+            ])
+            .arg("--peer-ca")
+            .arg(self.pki().join("ca.crt"))
+            .arg("--peer-ca-key")
+            .arg(self.pki().join("ca.key"))
             .arg("--data-dir")
             .arg(&dir)
             .args(["--initial-members", &seeds.join(",")])

@@ -22,6 +22,7 @@ fn member(id: u64, state: MemberState) -> MemberView {
     MemberView {
         id,
         address: format!("fleet-{}.fleet-members.iot.svc:7001", id - 1),
+        peer_address: None,
         zone: None,
         state,
         reachable: true,

@@ -324,6 +324,7 @@ pub fn members(n: u64) -> Vec<MemberView> {
         .map(|id| MemberView {
             id,
             address: format!("fleet-{}.fleet-members.iot.svc:7001", id - 1),
+            peer_address: None,
             zone: None,
             state: MemberState::Active,
             reachable: true,

@@ -1,5 +1,7 @@
 //! `devicegrid dev`: a local grid of `--nodes` members, each a child process running
-//! `devicegrid serve`, on 127.0.0.1 ports `base-port .. base-port+N-1`.
+//! `devicegrid serve`, on 127.0.0.1 ports `base-port .. base-port+N-1` (client API) and
+//! `base-port+100 ..` (peer traffic, mutual TLS with certificates the members issue
+//! themselves from a CA this command makes once, in `DATA_DIR/pki`).
 //!
 //! Members keep their data under `DATA_DIR/member-<id>` and log to `member.log` there, so
 //! running the same command again resumes the same grid. SIGINT or SIGTERM stops every member
@@ -15,8 +17,6 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use devicegrid_proto::views::{ClusterView, MemberView};
-use devicegrid_proto::{ErrorBody, MemberState};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
@@ -30,6 +30,11 @@ macro_rules! say {
         let _ = writeln!(std::io::stdout(), $($arg)*);
     }};
 }
+
+// After the macro: the module uses it.
+mod change;
+
+use change::{add, drain};
 
 /// Flags of `devicegrid dev`.
 #[derive(clap::Args, Debug)]
@@ -147,7 +152,14 @@ impl DevFile {
     fn port(&self, id: u32) -> u16 {
         self.layout.base_port + (id - 1) as u16
     }
+
+    fn peer_port(&self, id: u32) -> u16 {
+        self.port(id) + PEER_PORT_OFFSET
+    }
 }
+
+/// Member i's peer port is its client port plus this; so at most this many members.
+const PEER_PORT_OFFSET: u16 = 100;
 
 struct Member {
     id: u32,
@@ -186,7 +198,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     if args.nodes == 0 || args.nodes > 64 {
         bail!("--nodes must be between 1 and 64");
     }
-    if u32::from(args.base_port) + args.nodes > 65_535 {
+    if u32::from(args.base_port) + u32::from(PEER_PORT_OFFSET) + args.nodes > 65_535 {
         bail!(
             "--base-port {} leaves no room for {} members",
             args.base_port,
@@ -200,11 +212,17 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         replication_factor: args.replication_factor,
     };
     let file = check_layout(&args.data_dir, layout)?;
+    let pki = args.data_dir.join("pki");
+    if !pki.join("ca.crt").exists() {
+        let ca = devicegrid_pki::new_ca(DEV_CLUSTER, 3650)?;
+        super::certs::write_pair(&pki, "ca", &ca)?;
+    }
     let launcher = Launcher {
+        pki,
         exe: std::env::current_exe().context("locating the devicegrid binary")?,
         data_dir: args.data_dir.clone(),
         seeds: (1..=args.nodes)
-            .map(|i| format!("{i}=127.0.0.1:{}", file.port(i)))
+            .map(|i| format!("{i}=127.0.0.1:{}", file.peer_port(i)))
             .collect::<Vec<_>>()
             .join(","),
         partitions: args.partitions,
@@ -212,7 +230,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     };
     let mut members = Vec::new();
     for id in file.members() {
-        members.push(launcher.start(id, file.port(id))?);
+        members.push(launcher.start(id, file.port(id), file.peer_port(id))?);
     }
     let ready = tokio::select! {
         r = wait_ready(&members, Duration::from_secs(args.ready_timeout)) => r,
@@ -243,8 +261,13 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The cluster name of local grids.
+const DEV_CLUSTER: &str = "devicegrid";
+
 /// Starts member processes.
 struct Launcher {
+    /// Holds the CA (`ca.crt`, `ca.key`) members issue their peer certificates from.
+    pki: PathBuf,
     exe: PathBuf,
     data_dir: PathBuf,
     seeds: String,
@@ -253,7 +276,7 @@ struct Launcher {
 }
 
 impl Launcher {
-    fn start(&self, id: u32, port: u16) -> anyhow::Result<Member> {
+    fn start(&self, id: u32, port: u16, peer_port: u16) -> anyhow::Result<Member> {
         let dir = self.data_dir.join(format!("member-{id}"));
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         let log = std::fs::OpenOptions::new()
@@ -265,6 +288,12 @@ impl Launcher {
             .arg("serve")
             .args(["--node-id", &id.to_string()])
             .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(["--peer-listen", &format!("127.0.0.1:{peer_port}")])
+            .args(["--cluster-name", DEV_CLUSTER])
+            .arg("--peer-ca")
+            .arg(self.pki.join("ca.crt"))
+            .arg("--peer-ca-key")
+            .arg(self.pki.join("ca.key"))
             .arg("--data-dir")
             .arg(&dir)
             .args(["--initial-members", &self.seeds])
@@ -352,7 +381,7 @@ async fn supervise(launcher: &Launcher, members: &mut Vec<Member>) {
         let wanted = file.members();
         for id in &wanted {
             if !members.iter().any(|m| m.id == *id) {
-                match launcher.start(*id, file.port(*id)) {
+                match launcher.start(*id, file.port(*id), file.peer_port(*id)) {
                     Ok(m) => members.push(m),
                     Err(e) => say!("member {id} did not start: {e:#}"),
                 }
@@ -389,200 +418,4 @@ async fn stop_one(m: &mut Member) {
         let _ = m.child.kill().await;
     }
     m.running = false;
-}
-
-/// The running grid's `dev.json`, or an error telling to start it.
-fn running_grid(dir: &Path) -> anyhow::Result<DevFile> {
-    DevFile::read(dir)?.with_context(|| {
-        format!(
-            "no local grid in {}: start one with `devicegrid dev --data-dir {}`",
-            dir.display(),
-            dir.display()
-        )
-    })
-}
-
-fn http() -> anyhow::Result<reqwest::Client> {
-    Ok(reqwest::Client::builder()
-        .timeout(Duration::from_secs(5))
-        .build()?)
-}
-
-/// `GET path` from the first member that answers, as `T`.
-async fn get_any<T: serde::de::DeserializeOwned>(
-    http: &reqwest::Client,
-    file: &DevFile,
-    path: &str,
-) -> Option<T> {
-    for id in file.members() {
-        let url = format!("http://127.0.0.1:{}{path}", file.port(id));
-        if let Ok(r) = http.get(&url).send().await {
-            if r.status().is_success() {
-                if let Ok(v) = r.json().await {
-                    return Some(v);
-                }
-            }
-        }
-    }
-    None
-}
-
-/// Prints the rebalance every couple of seconds until the grid reports balance.
-async fn follow(http: &reqwest::Client, dir: &Path, timeout: Duration) -> anyhow::Result<()> {
-    let deadline = Instant::now() + timeout;
-    let mut last = String::new();
-    loop {
-        let file = running_grid(dir)?;
-        if let Some(v) = get_any::<ClusterView>(http, &file, "/v1/cluster").await {
-            let counts: Vec<String> = v
-                .members
-                .iter()
-                .filter(|m| m.state != MemberState::Decommissioned)
-                .map(|m| {
-                    format!(
-                        "{}:{}/{}{}",
-                        m.id,
-                        m.partitions_held,
-                        m.partitions_led,
-                        if m.state == MemberState::Active {
-                            ""
-                        } else {
-                            "*"
-                        }
-                    )
-                })
-                .collect();
-            let line = format!(
-                "moves {} (finished {}), replicas/leaders per member {}",
-                v.balance.moves_in_progress,
-                v.balance.moves_finished,
-                counts.join(" ")
-            );
-            if line != last {
-                say!("{line}");
-                last = line;
-            }
-            if v.balance.balanced {
-                return Ok(());
-            }
-        }
-        if Instant::now() > deadline {
-            bail!("the grid was not balanced within {timeout:?}");
-        }
-        tokio::time::sleep(Duration::from_secs(1)).await;
-    }
-}
-
-/// `devicegrid dev add`.
-async fn add(count: u32, args: ChangeArgs) -> anyhow::Result<()> {
-    if !(1..=16).contains(&count) {
-        bail!("--count must be between 1 and 16");
-    }
-    let mut file = running_grid(&args.data_dir)?;
-    let http = http()?;
-    if get_any::<serde_json::Value>(&http, &file, "/healthz")
-        .await
-        .is_none()
-    {
-        bail!(
-            "no member of the grid in {} answers: is `devicegrid dev` running?",
-            args.data_dir.display()
-        );
-    }
-    let last = file
-        .added
-        .iter()
-        .copied()
-        .chain(file.removed.iter().copied())
-        .chain([file.layout.nodes])
-        .max()
-        .unwrap_or(0);
-    let ids: Vec<u32> = (last + 1..=last + count).collect();
-    if u32::from(file.layout.base_port) + last + count > 65_535 {
-        bail!("no ports left for members {ids:?}");
-    }
-    file.added.extend(&ids);
-    file.write(&args.data_dir)?;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    for id in &ids {
-        let url = format!("http://127.0.0.1:{}", file.port(*id));
-        say!("member {id} added at {url}; the supervisor starts it");
-        loop {
-            let ready = http
-                .get(format!("{url}/readyz"))
-                .send()
-                .await
-                .is_ok_and(|r| r.status().is_success());
-            if ready {
-                break;
-            }
-            if Instant::now() > deadline {
-                bail!(
-                    "member {id} was not ready within 60 s; see {}/member-{id}/member.log",
-                    args.data_dir.display()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(300)).await;
-        }
-        say!("member {id} joined");
-    }
-    say!("rebalancing");
-    follow(&http, &args.data_dir, Duration::from_secs(args.timeout)).await?;
-    say!("balanced");
-    Ok(())
-}
-
-/// `devicegrid dev drain ID`.
-async fn drain(id: u32, args: ChangeArgs) -> anyhow::Result<()> {
-    let file = running_grid(&args.data_dir)?;
-    if !file.members().contains(&id) {
-        bail!("member {id} is not running in {}", args.data_dir.display());
-    }
-    let http = http()?;
-    let mut answer = None;
-    for other in file.members().into_iter().filter(|m| *m != id) {
-        let url = format!(
-            "http://127.0.0.1:{}/v1/members/{id}/drain",
-            file.port(other)
-        );
-        if let Ok(r) = http.post(&url).send().await {
-            answer = Some((r.status(), r.text().await.unwrap_or_default()));
-            break;
-        }
-    }
-    let Some((status, body)) = answer else {
-        bail!("no member of the grid answers: is `devicegrid dev` running?");
-    };
-    if !status.is_success() {
-        let message = serde_json::from_str::<ErrorBody>(&body)
-            .map(|b| b.error.message)
-            .unwrap_or(body);
-        bail!("drain refused ({status}): {message}");
-    }
-    say!("member {id} is draining");
-    let deadline = Instant::now() + Duration::from_secs(args.timeout);
-    loop {
-        let file = running_grid(&args.data_dir)?;
-        if let Some(m) = get_any::<MemberView>(&http, &file, &format!("/v1/members/{id}")).await {
-            say!(
-                "member {id}: {}, {} replicas left",
-                m.state,
-                m.partitions_held
-            );
-            if m.state == MemberState::Decommissioned {
-                break;
-            }
-        }
-        if Instant::now() > deadline {
-            bail!("member {id} was not drained within {:?}", args.timeout);
-        }
-        tokio::time::sleep(Duration::from_secs(1)).await;
-    }
-    let mut file = running_grid(&args.data_dir)?;
-    file.removed.push(id);
-    file.write(&args.data_dir)?;
-    say!("member {id} decommissioned; the supervisor stops it");
-    follow(&http, &args.data_dir, Duration::from_secs(args.timeout)).await?;
-    say!("balanced");
-    Ok(())
 }
