@@ -165,8 +165,15 @@ impl Grid {
             if let Some(err) = &e.error {
                 bail!("reading {key}: {}", describe(err));
             }
-            let found = e.found.unwrap_or(false);
-            out.push((key.clone(), found.then(|| e.value.unwrap_or(Value::Null))));
+            let value = match (e.found.unwrap_or(false), e.value) {
+                (false, _) => None,
+                (true, None) => Some(Value::Null),
+                (true, Some(raw)) => Some(
+                    serde_json::from_str(raw.get())
+                        .with_context(|| format!("value of {key}: {}", raw.get()))?,
+                ),
+            };
+            out.push((key.clone(), value));
         }
         Ok(out)
     }

@@ -87,6 +87,22 @@ pub struct Config {
     pub peer_ca_key: Option<PathBuf>,
     /// Peer connections served at once; more wait in the kernel's backlog.
     pub max_peer_connections: usize,
+    /// Client connections served at once; more wait in the kernel's backlog.
+    pub max_connections: usize,
+    /// A connection must send a complete request head within this time, and is closed
+    /// after sitting idle this long (ms).
+    pub header_timeout_ms: u64,
+    /// Certificate (PEM) of the client port: with `tls_key`, clients speak TLS.
+    pub tls_cert: Option<PathBuf>,
+    /// Private key of `tls_cert` (PEM).
+    pub tls_key: Option<PathBuf>,
+    /// CA (PEM) of client certificates: clients may present one (optional mutual TLS).
+    pub tls_client_ca: Option<PathBuf>,
+    /// Requests per second one client identity (user, or address without authentication)
+    /// may make on this member; more are answered 429 `rate_limited` (0: no limit).
+    pub rate_limit_per_second: u32,
+    /// Requests one identity may make at once above the rate (default: one second's worth).
+    pub rate_limit_burst: Option<u32>,
     /// Client requests need a bearer token of a user whose roles allow them.
     pub auth_enabled: bool,
     /// A file holding the bootstrap admin token: the grid's first user, `admin`, gets it
@@ -148,6 +164,13 @@ impl Default for Config {
             peer_key: None,
             peer_ca_key: None,
             max_peer_connections: 256,
+            max_connections: 4096,
+            header_timeout_ms: 20_000,
+            tls_cert: None,
+            tls_key: None,
+            tls_client_ca: None,
+            rate_limit_per_second: 0,
+            rate_limit_burst: None,
             auth_enabled: false,
             auth_bootstrap_token_file: None,
             data_dir: PathBuf::from(".devicegrid/member-1"),
@@ -344,6 +367,30 @@ impl Config {
                      peer_ca_key (the member issues its own)",
                 ))
             }
+        }
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            return Err(ConfigError::new(
+                "tls_cert",
+                "tls_cert and tls_key go together",
+            ));
+        }
+        if self.tls_client_ca.is_some() && self.tls_cert.is_none() {
+            return Err(ConfigError::new(
+                "tls_client_ca",
+                "client certificates need TLS on the client port (tls_cert, tls_key)",
+            ));
+        }
+        if self.max_connections < 8 {
+            return Err(ConfigError::new(
+                "max_connections",
+                "max_connections must be at least 8",
+            ));
+        }
+        if self.header_timeout_ms < 100 {
+            return Err(ConfigError::new(
+                "header_timeout_ms",
+                "header_timeout_ms must be at least 100",
+            ));
         }
         if self.max_peer_connections < 8 {
             return Err(ConfigError::new(

@@ -325,3 +325,68 @@ async fn bad_inputs_get_clear_errors() {
     })
     .await;
 }
+
+/// What PUT accepts, GET returns exactly as written; what could not be returned is refused
+/// at the door with 400 `invalid_value`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn values_round_trip_exactly_or_are_refused() {
+    within(120, async {
+        let grid = TestGrid::start(1, 4);
+        grid.wait_ready(Duration::from_secs(60)).await;
+        let u = grid.url(1);
+        let nested = |n: usize| format!("{}1{}", "[".repeat(n - 1), "]".repeat(n - 1));
+        let kept = [
+            "123456789012345678901234567890".to_string(),
+            "-98765432109876543210".to_string(),
+            "{\"id\":18446744073709551616,\"f\":1.5e300,\"z\":-0.0}".to_string(),
+            "\"caf\\u00e9 \\ud83d\\ude00\"".to_string(),
+            nested(100),
+        ];
+        for (i, text) in kept.iter().enumerate() {
+            let url = format!("{u}/v1/maps/values/k{i}");
+            let put = grid
+                .http
+                .put(&url)
+                .body(text.clone())
+                .send()
+                .await
+                .expect("put");
+            assert_eq!(put.status(), 200, "{text}");
+            let got = grid.http.get(&url).send().await.expect("get");
+            let body = got.text().await.expect("text");
+            let want = format!("\"value\":{text},");
+            assert!(body.contains(&want), "{text} came back as {body}");
+        }
+        let refused = [
+            "1e400".to_string(),
+            "[-1e309]".to_string(),
+            nested(101),
+            nested(300),
+        ];
+        for (i, text) in refused.iter().enumerate() {
+            let url = format!("{u}/v1/maps/values/r{i}");
+            let put = grid
+                .http
+                .put(&url)
+                .body(text.clone())
+                .send()
+                .await
+                .expect("put");
+            assert_eq!(put.status(), 400, "{text}");
+            let body: Value = put.json().await.expect("json");
+            assert_eq!(body["error"]["code"], "invalid_value", "{text}");
+            let get = grid.http.get(&url).send().await.expect("get");
+            assert_eq!(get.status(), 404, "nothing stored for {text}");
+        }
+        // Batch puts meet the same rule, entry by entry.
+        let batch = grid
+            .http
+            .post(format!("{u}/v1/batch/maps/values/put"))
+            .body("{\"entries\": [{\"key\": \"b1\", \"value\": 1e400}]}")
+            .send()
+            .await
+            .expect("batch");
+        assert_eq!(batch.status(), 400);
+    })
+    .await;
+}

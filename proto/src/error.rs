@@ -45,13 +45,18 @@ pub enum ErrorCode {
     BodyTooLarge,
     /// A known route called with another method (405).
     MethodNotAllowed,
+    /// A JSON value the grid does not store: a number beyond the range of a 64-bit float,
+    /// or nesting deeper than `maps::MAX_DEPTH`.
+    InvalidValue,
     /// A user or role name outside `a-z 0-9 . _ -` or too long.
     InvalidName,
     /// A role that does not fit (no grants, too many, `admin` redefined), or a user naming
     /// a role that does not exist.
     InvalidRole,
 
-    // 401, 403
+    // 401, 403, 429
+    /// This client identity sent more requests than its rate allows (429, `Retry-After`).
+    RateLimited,
     /// No bearer token, or one the grid does not know (401, with `WWW-Authenticate`).
     Unauthenticated,
     /// The user's roles do not grant the action on the resource (403).
@@ -137,8 +142,9 @@ impl ErrorCode {
             InvalidJson | InvalidBody | InvalidPath | InvalidQuery | InvalidMapName
             | InvalidKey | InvalidTtl | InvalidVersion | InvalidConsistency | InvalidBatch
             | InvalidProcessor | InvalidProcessorArgs | UnknownProcessor | InvalidMemberId
-            | InvalidConfig | InvalidName | InvalidRole => 400,
+            | InvalidConfig | InvalidName | InvalidRole | InvalidValue => 400,
             Unauthenticated => 401,
+            RateLimited => 429,
             Forbidden => 403,
             NotFound | MemberNotFound | UserNotFound | RoleNotFound => 404,
             InvalidField | ConditionFailed | NotANumber | VersionConflict | InvalidShadow
@@ -151,9 +157,10 @@ impl ErrorCode {
         }
     }
 
-    /// Whether a client may send the same request again (nothing was applied).
+    /// Whether a client may send the same request again, after `Retry-After` (nothing was
+    /// applied).
     pub fn retryable(self) -> bool {
-        self.status() == 503
+        matches!(self.status(), 429 | 503)
     }
 }
 

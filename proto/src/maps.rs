@@ -114,12 +114,13 @@ pub struct Written {
 }
 
 /// An entry: `GET /v1/maps/{map}/{key}` and processor results.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Entry {
     /// Key.
     pub key: String,
-    /// Value.
-    pub value: Value,
+    /// Value: the JSON text as stored, so numbers come back exactly as written (integers
+    /// of any size included).
+    pub value: Box<RawValue>,
     /// Version (a partition revision).
     pub version: u64,
     /// Wall-clock expiry (ms since the Unix epoch), for entries with a TTL.
@@ -191,16 +192,16 @@ pub struct BatchPutResults {
 }
 
 /// One result of a batch get, in request order.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct BatchGetResult {
     /// Key.
     pub key: String,
     /// Whether the entry exists (absent when the read failed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub found: Option<bool>,
-    /// The value, when found.
+    /// The value, when found, as stored (see [`Entry::value`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub value: Option<Value>,
+    pub value: Option<Box<RawValue>>,
     /// The version, when found.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub version: Option<u64>,
@@ -213,7 +214,7 @@ pub struct BatchGetResult {
 }
 
 /// Answer of a batch get.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct BatchGetResults {
     /// One per key, in request order.
     pub entries: Vec<BatchGetResult>,

@@ -4,7 +4,11 @@
 //! bearer token (users live in the metadata group), and whether the user's roles allow it.
 //! `/healthz` and `/readyz` need nothing (probes). With `auth_enabled` off every request
 //! runs as `anonymous`, who may do everything.
+//!
+//! The same gate applies the request-rate limit per client identity ([`Gate`]): the user,
+//! or the caller's address when authentication is off; over the rate, 429 `rate_limited`.
 
+use std::num::NonZeroU32;
 use std::sync::Arc;
 
 use axum::extract::{MatchedPath, RawPathParams, Request, State};
@@ -18,6 +22,7 @@ use devicegrid_proto::ErrorCode;
 use super::ApiError;
 use crate::cluster::Grid;
 use crate::structures::auth::{token_sha256, Principal};
+use crate::transport::Conn;
 use crate::Error;
 
 /// What a route needs.
@@ -91,13 +96,50 @@ fn unauthenticated(message: &str) -> Response {
     .into_response()
 }
 
+/// Requests per identity.
+type Limiter = governor::DefaultKeyedRateLimiter<String>;
+
+/// What [`authorize`] needs: the grid (users, roles, settings) and the rate limiter.
+#[derive(Clone)]
+pub struct Gate {
+    grid: Arc<Grid>,
+    limiter: Option<Arc<Limiter>>,
+}
+
+impl Gate {
+    /// The gate of `grid`'s client port.
+    pub fn new(grid: Arc<Grid>) -> Gate {
+        let c = &grid.config;
+        let limiter = NonZeroU32::new(c.rate_limit_per_second).map(|rate| {
+            let burst = c.rate_limit_burst.and_then(NonZeroU32::new).unwrap_or(rate);
+            Arc::new(Limiter::keyed(
+                governor::Quota::per_second(rate).allow_burst(burst),
+            ))
+        });
+        Gate { grid, limiter }
+    }
+
+    /// Whether `identity` may make one more request now.
+    fn admit(&self, identity: &str) -> bool {
+        let Some(l) = &self.limiter else {
+            return true;
+        };
+        // Identities idle long enough to be full again are forgotten now and then.
+        if l.len() > 10_000 {
+            l.retain_recent();
+        }
+        l.check_key(&identity.to_string()).is_ok()
+    }
+}
+
 /// The middleware (a route layer: the route is matched before it runs).
 pub async fn authorize(
-    State(grid): State<Arc<Grid>>,
+    State(gate): State<Gate>,
     params: RawPathParams,
     mut req: Request,
     next: Next,
 ) -> Response {
+    let grid = &gate.grid;
     let route = req
         .extensions()
         .get::<MatchedPath>()
@@ -120,10 +162,12 @@ pub async fn authorize(
             .into_response();
         }
     };
+    // Probes are neither authenticated nor rate limited.
+    if needed == Access::Public {
+        return next.run(req).await;
+    }
     let principal = if !grid.config.auth_enabled {
         Principal::anonymous()
-    } else if needed == Access::Public {
-        return next.run(req).await;
     } else {
         let Some(token) = bearer(&req) else {
             return unauthenticated("send Authorization: Bearer <token>");
@@ -144,6 +188,17 @@ pub async fn authorize(
             })
             .into_response();
         }
+    }
+    let identity = match (grid.config.auth_enabled, req.extensions().get::<Conn>()) {
+        (false, Some(conn)) => conn.remote.ip().to_string(),
+        _ => principal.user.clone(),
+    };
+    if !gate.admit(&identity) {
+        return ApiError(Error::Refused {
+            code: ErrorCode::RateLimited,
+            message: format!("{identity} is over its request rate"),
+        })
+        .into_response();
     }
     req.extensions_mut().insert(principal);
     next.run(req).await

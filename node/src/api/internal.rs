@@ -9,15 +9,16 @@
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::{ConnectInfo, Request, State};
+use axum::extract::{Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use axum::Extension;
 use tokio::sync::Semaphore;
 
 use crate::cluster::Grid;
 use crate::storage::{decode, encode};
-use crate::transport::{PeerConn, PeerRequest};
+use crate::transport::{Conn, PeerRequest};
 
 /// Largest peer request body, in bytes.
 pub const MAX_PEER_BODY_BYTES: usize = 32 * 1024 * 1024;
@@ -69,9 +70,13 @@ pub async fn bounded(State(budget): State<BodyBudget>, req: Request, next: Next)
 /// Serves one batch from the member the connection's certificate names.
 pub async fn peer(
     State(grid): State<Arc<Grid>>,
-    ConnectInfo(conn): ConnectInfo<PeerConn>,
+    Extension(conn): Extension<Conn>,
     body: Bytes,
 ) -> Response {
+    // The peer port admits members only; a connection without one never gets here.
+    let Some(member) = conn.member else {
+        return StatusCode::FORBIDDEN.into_response();
+    };
     let reqs: Vec<PeerRequest> = match decode(&body) {
         Ok(r) => r,
         Err(e) => {
@@ -83,8 +88,7 @@ pub async fn peer(
         }
     };
     let answers =
-        futures::future::join_all(reqs.into_iter().map(|r| grid.peers.handle(conn.member, r)))
-            .await;
+        futures::future::join_all(reqs.into_iter().map(|r| grid.peers.handle(member, r))).await;
     match encode(&answers) {
         Ok(bytes) => (
             [(axum::http::header::CONTENT_TYPE, "application/msgpack")],

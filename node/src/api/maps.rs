@@ -11,6 +11,7 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
+use serde_json::value::RawValue;
 use serde_json::Value;
 
 use devicegrid_proto::maps::{
@@ -122,9 +123,13 @@ fn if_version(headers: &HeaderMap) -> Result<Option<u64>> {
     Ok(None)
 }
 
-/// A stored value as JSON (values are checked JSON when written).
-fn value_of(text: &str) -> Value {
-    serde_json::from_str(text).unwrap_or(Value::Null)
+/// A stored value as its JSON text (checked JSON when written), returned verbatim.
+fn value_of(text: &str) -> Box<RawValue> {
+    RawValue::from_string(text.to_string()).unwrap_or_else(|_| null())
+}
+
+fn null() -> Box<RawValue> {
+    RawValue::from_string("null".into()).unwrap_or_default()
 }
 
 fn entry(key: &str, r: &Record) -> Entry {
@@ -292,7 +297,7 @@ pub async fn process_entry(
             version,
             Entry {
                 key,
-                value: value.as_deref().map_or(Value::Null, value_of),
+                value: value.as_deref().map_or_else(null, value_of),
                 version,
                 expires_at_ms: None,
             },
@@ -345,13 +350,7 @@ pub async fn batch_put(
     let mut ops = Vec::with_capacity(req.entries.len());
     for e in &req.entries {
         check_key(&e.key)?;
-        if e.value.get().len() > MAX_VALUE_BYTES {
-            return Err(Error::bad_request(
-                ErrorCode::BodyTooLarge,
-                format!("values are limited to {MAX_VALUE_BYTES} bytes"),
-            )
-            .into());
-        }
+        let value = json_text(e.value.get().as_bytes())?;
         let ttl_ms = e
             .ttl
             .map(|t| ttl_seconds_ms(Some(t), &t.to_string()))
@@ -359,7 +358,7 @@ pub async fn batch_put(
         ops.push(MapOp::Put {
             map: map.clone(),
             key: e.key.clone(),
-            value: e.value.get().to_string(),
+            value,
             if_version: None,
             ttl_ms,
         });

@@ -21,9 +21,8 @@ pub mod internal;
 pub mod maps;
 pub mod members;
 
-use std::future::IntoFuture;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::middleware::{self, Next};
@@ -34,7 +33,9 @@ use tokio::net::TcpListener;
 
 use crate::cluster::Grid;
 use crate::structures::map::MAX_VALUE_BYTES;
-use crate::transport::{PeerConn, PeerListener};
+use crate::transport::server;
+use crate::transport::tls::client_port;
+use crate::transport::{Admission, Limits};
 pub use error::ApiError;
 
 /// Largest accepted batch request body, in bytes.
@@ -82,7 +83,7 @@ pub fn router(grid: Arc<Grid>) -> Router {
                 .delete(admin::delete_role),
         )
         .route_layer(middleware::from_fn_with_state(
-            grid.clone(),
+            auth::Gate::new(grid.clone()),
             auth::authorize,
         ))
         .layer(middleware::from_fn_with_state(grid.clone(), observe));
@@ -124,24 +125,37 @@ async fn observe(State(grid): State<Arc<Grid>>, req: Request, next: Next) -> Res
 
 /// Serves `grid`'s client API on `client` and its peer endpoint on `peer` until the grid
 /// stops.
-pub async fn serve(grid: Arc<Grid>, client: TcpListener, peer: TcpListener) -> std::io::Result<()> {
-    let token = grid.tasks().token().clone();
-    let peers = PeerListener::start(
-        peer,
-        grid.peer_tls.clone(),
-        grid.config.max_peer_connections,
-        grid.tasks(),
-    )?;
-    let stopped = {
-        let token = token.clone();
-        async move { token.cancelled().await }
+pub async fn serve(grid: Arc<Grid>, client: TcpListener, peer: TcpListener) -> crate::Result<()> {
+    let c = &grid.config;
+    let client_tls = match (&c.tls_cert, &c.tls_key) {
+        (Some(cert), Some(key)) => Some(client_port(cert, key, c.tls_client_ca.as_ref())?),
+        _ => None,
     };
-    let client = axum::serve(client, router(grid.clone())).with_graceful_shutdown(stopped);
-    let peer = axum::serve(
-        peers,
-        peer_router(grid).into_make_service_with_connect_info::<PeerConn>(),
-    )
-    .with_graceful_shutdown(async move { token.cancelled().await });
-    let (c, p) = tokio::join!(client.into_future(), peer.into_future());
-    c.and(p)
+    let header_timeout = Duration::from_millis(c.header_timeout_ms);
+    let client_limits = Limits {
+        max_connections: c.max_connections,
+        header_timeout,
+    };
+    let peer_limits = Limits {
+        max_connections: c.max_peer_connections,
+        header_timeout,
+    };
+    let tasks = grid.tasks().clone();
+    tokio::join!(
+        server::serve(
+            client,
+            router(grid.clone()),
+            Admission::Anyone(client_tls),
+            client_limits,
+            tasks.clone(),
+        ),
+        server::serve(
+            peer,
+            peer_router(grid.clone()),
+            Admission::Members(grid.peer_tls.clone()),
+            peer_limits,
+            tasks,
+        ),
+    );
+    Ok(())
 }

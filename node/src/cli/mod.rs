@@ -81,6 +81,27 @@ struct ServeArgs {
     /// File holding the bootstrap admin token: user `admin` gets it while the grid has no user.
     #[arg(long, env = "DEVICEGRID_AUTH_BOOTSTRAP_TOKEN_FILE")]
     auth_bootstrap_token_file: Option<PathBuf>,
+    /// Requests per second per client identity before 429 rate_limited [default: 0, no limit].
+    #[arg(long, env = "DEVICEGRID_RATE_LIMIT_PER_SECOND")]
+    rate_limit_per_second: Option<u32>,
+    /// Requests an identity may burst above the rate [default: the rate].
+    #[arg(long, env = "DEVICEGRID_RATE_LIMIT_BURST")]
+    rate_limit_burst: Option<u32>,
+    /// Client connections served at once [default: 4096].
+    #[arg(long, env = "DEVICEGRID_MAX_CONNECTIONS")]
+    max_connections: Option<usize>,
+    /// Time to send a request head, and the longest idle time of a connection, ms [default: 20000].
+    #[arg(long, env = "DEVICEGRID_HEADER_TIMEOUT_MS")]
+    header_timeout_ms: Option<u64>,
+    /// Certificate (PEM) of the client port; with --tls-key clients speak TLS.
+    #[arg(long, env = "DEVICEGRID_TLS_CERT")]
+    tls_cert: Option<PathBuf>,
+    /// Private key (PEM) of --tls-cert.
+    #[arg(long, env = "DEVICEGRID_TLS_KEY")]
+    tls_key: Option<PathBuf>,
+    /// CA (PEM) of client certificates clients may present.
+    #[arg(long, env = "DEVICEGRID_TLS_CLIENT_CA")]
+    tls_client_ca: Option<PathBuf>,
     /// Peer connections served at once [default: 256].
     #[arg(long, env = "DEVICEGRID_MAX_PEER_CONNECTIONS")]
     max_peer_connections: Option<usize>,
@@ -167,6 +188,9 @@ impl ServeArgs {
             listen,
             peer_listen,
             max_peer_connections,
+            max_connections,
+            header_timeout_ms,
+            rate_limit_per_second,
             auth_enabled,
             data_dir,
             initial_members,
@@ -195,6 +219,10 @@ impl ServeArgs {
             peer_key,
             peer_ca_key,
             auth_bootstrap_token_file,
+            tls_cert,
+            tls_key,
+            tls_client_ca,
+            rate_limit_burst,
             zone,
             min_members,
             peer_source_ip
@@ -274,7 +302,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let server = grid.clone();
     grid.tasks().spawn_to_end(async move {
         if let Err(e) = api::serve(server.clone(), listener, peer_listener).await {
-            tracing::error!(error = %e, "HTTP server");
+            tracing::error!(error = %e, "serving");
             server.tasks().cancel();
         }
     });

@@ -5,10 +5,10 @@
 use serde_json::value::RawValue;
 
 use devicegrid_proto::entries::MapOp;
-use devicegrid_proto::maps::{MAX_KEY_BYTES, MAX_MAP_NAME_BYTES, MAX_VALUE_BYTES};
+use devicegrid_proto::maps::{MAX_DEPTH, MAX_KEY_BYTES, MAX_MAP_NAME_BYTES, MAX_VALUE_BYTES};
 use devicegrid_proto::ErrorCode;
 
-use crate::structures::processor;
+use crate::structures::{map, processor};
 use crate::{Error, Result};
 
 /// Longest accepted TTL: ten years, in seconds.
@@ -48,7 +48,9 @@ pub fn check_key(key: &str) -> Result<()> {
     Ok(())
 }
 
-/// A value: JSON text of at most [`MAX_VALUE_BYTES`], returned as its text.
+/// A value: JSON text of at most [`MAX_VALUE_BYTES`] that every reader can take back:
+/// numbers within the range of a 64-bit float, nesting at most [`MAX_DEPTH`] levels.
+/// Returned as its text, which is what is stored and served (integers stay exact).
 pub fn json_text(bytes: &[u8]) -> Result<String> {
     if bytes.len() > MAX_VALUE_BYTES {
         return Err(Error::bad_request(
@@ -59,6 +61,18 @@ pub fn json_text(bytes: &[u8]) -> Result<String> {
     let raw: &RawValue = serde_json::from_slice(bytes).map_err(|e| {
         Error::bad_request(ErrorCode::InvalidJson, format!("the body is not JSON: {e}"))
     })?;
+    // Parsed once more as a value: numbers out of range and nesting beyond what serde_json
+    // reads back (128) fail here; deeper than MAX_DEPTH fails below.
+    let invalid = |why: String| Error::bad_request(ErrorCode::InvalidValue, why);
+    let value: serde_json::Value = serde_json::from_str(raw.get()).map_err(|e| {
+        invalid(format!(
+            "the value cannot be stored: {e} (numbers must fit a 64-bit float, nesting at \
+             most {MAX_DEPTH} levels)"
+        ))
+    })?;
+    if map::depth(&value) > MAX_DEPTH {
+        return Err(invalid(format!("values nest at most {MAX_DEPTH} levels")));
+    }
     Ok(raw.get().to_string())
 }
 
@@ -110,12 +124,40 @@ mod tests {
     #[test]
     fn forwarded_operations_meet_the_api_rules() {
         assert!(check_op(&put("devices", "d-1", "{\"a\":1}", Some(1000))).is_ok());
+        let big = "123456789012345678901234567890";
+        assert_eq!(
+            json_text(big.as_bytes()).ok().as_deref(),
+            Some(big),
+            "kept exact"
+        );
+        let deep = format!("{}1{}", "[".repeat(99), "]".repeat(99));
+        assert!(json_text(deep.as_bytes()).is_ok(), "100 levels");
         let refused = [
             (put("", "d-1", "1", None), ErrorCode::InvalidMapName),
             (put("a b", "d-1", "1", None), ErrorCode::InvalidMapName),
             (put("m", "", "1", None), ErrorCode::InvalidKey),
             (put("m", "a\nb", "1", None), ErrorCode::InvalidKey),
             (put("m", "k", "{", None), ErrorCode::InvalidJson),
+            (put("m", "k", "1e400", None), ErrorCode::InvalidValue),
+            (put("m", "k", "-1e309", None), ErrorCode::InvalidValue),
+            (
+                put(
+                    "m",
+                    "k",
+                    &format!("{}1{}", "[".repeat(101), "]".repeat(101)),
+                    None,
+                ),
+                ErrorCode::InvalidValue,
+            ),
+            (
+                put(
+                    "m",
+                    "k",
+                    &format!("{}1{}", "[".repeat(200), "]".repeat(200)),
+                    None,
+                ),
+                ErrorCode::InvalidValue,
+            ),
             (
                 put("m", "k", &"1".repeat(MAX_VALUE_BYTES + 1), None),
                 ErrorCode::BodyTooLarge,

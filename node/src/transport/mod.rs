@@ -12,7 +12,7 @@
 //! | module | job |
 //! | --- | --- |
 //! | [`client`] | the sending side: lanes, batches, the TLS client |
-//! | [`server`] | the peer port: connection cap, handshakes, the caller's member id |
+//! | [`server`] | the HTTP server of both ports: connection cap, handshakes, header timeout, the caller's member id |
 //! | [`tls`] | certificates of both ends, the member verifier |
 
 pub mod client;
@@ -21,5 +21,5 @@ pub mod tls;
 
 pub use client::{Lane, Transport, TransportError};
 pub use devicegrid_proto::peer::{PeerRequest, PeerResponse, RaftRpc, WireError, PEER_PATH};
-pub use server::{PeerConn, PeerListener};
+pub use server::{Admission, Conn, Limits};
 pub use tls::{MemberCert, PeerTls, TlsFiles};

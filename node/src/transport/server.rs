@@ -1,22 +1,25 @@
-//! The peer port's front door: accepts at most `max_connections` connections, completes each
-//! TLS handshake within [`HANDSHAKE_TIMEOUT`] in its own task (a slow or silent caller holds
-//! no one else up), and admits only callers whose certificate names a member of this grid.
-//! The member id travels with the connection ([`PeerConn`]) to the handler.
+//! The HTTP/1.1 server of both ports: caps connections (the rest wait in the kernel's
+//! backlog), completes each TLS handshake within [`HANDSHAKE_TIMEOUT`] in its own task (a
+//! slow or silent caller holds no one else up), cuts a connection that does not send a
+//! complete request head within the header timeout (slowloris, and idle keep-alive
+//! connections), and tells the handler who is calling ([`Conn`], a request extension).
+//!
+//! On the peer port [`Admission::Members`] admits only callers whose certificate names a
+//! member of this grid; on the client port TLS is optional ([`Admission::Anyone`]).
 
-use std::io;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
-use axum::extract::connect_info::Connected;
-use axum::serve::IncomingStream;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use axum::body::Body;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
-use tokio_rustls::server::TlsStream;
+use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tower::ServiceExt;
 
 use super::tls::PeerTls;
 use crate::runtime::{Tasks, Throttle};
@@ -24,119 +27,42 @@ use crate::runtime::{Tasks, Throttle};
 /// A caller must finish its TLS handshake within this time.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Who is calling on a peer connection.
-#[derive(Clone, Copy, Debug)]
-pub struct PeerConn {
+/// Who is calling, as a request extension.
+#[derive(Clone, Debug)]
+pub struct Conn {
     /// The caller's address.
     pub remote: SocketAddr,
-    /// The member its certificate names.
-    pub member: u64,
+    /// The member its certificate names (peer port only).
+    pub member: Option<u64>,
 }
 
-/// An admitted peer connection; holds its slot until it closes.
-pub struct PeerStream {
-    inner: TlsStream<TcpStream>,
-    member: u64,
-    _slot: OwnedSemaphorePermit,
+/// Who may connect.
+#[derive(Clone)]
+pub enum Admission {
+    /// Anyone; TLS when a server config is given.
+    Anyone(Option<Arc<rustls::ServerConfig>>),
+    /// Members of the grid only, over mutual TLS.
+    Members(PeerTls),
 }
 
-impl AsyncRead for PeerStream {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_read(cx, buf)
-    }
+/// Bounds of one port.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Connections served at once.
+    pub max_connections: usize,
+    /// Time to send a complete request head, also the longest a connection may sit idle.
+    pub header_timeout: Duration,
 }
 
-impl AsyncWrite for PeerStream {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-}
-
-/// Admitted connections, for `axum::serve`.
-pub struct PeerListener {
-    admitted: mpsc::Receiver<(PeerStream, SocketAddr)>,
-    local: SocketAddr,
-}
-
-impl PeerListener {
-    /// Starts accepting on `tcp` (the loop belongs to `tasks`).
-    pub fn start(
-        tcp: TcpListener,
-        tls: PeerTls,
-        max_connections: usize,
-        tasks: &Tasks,
-    ) -> io::Result<PeerListener> {
-        let local = tcp.local_addr()?;
-        let (tx, admitted) = mpsc::channel(max_connections.max(1));
-        let slots = Arc::new(Semaphore::new(max_connections));
-        tasks.spawn(accept(tcp, tls, slots, tx, tasks.clone()));
-        Ok(PeerListener { admitted, local })
-    }
-}
-
-impl axum::serve::Listener for PeerListener {
-    type Io = PeerStream;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (PeerStream, SocketAddr) {
-        match self.admitted.recv().await {
-            Some(c) => c,
-            // The accept loop stopped with the member; the server is being shut down.
-            None => std::future::pending().await,
-        }
-    }
-
-    fn local_addr(&self) -> io::Result<SocketAddr> {
-        Ok(self.local)
-    }
-}
-
-impl Connected<IncomingStream<'_, PeerListener>> for PeerConn {
-    fn connect_info(stream: IncomingStream<'_, PeerListener>) -> Self {
-        PeerConn {
-            remote: *stream.remote_addr(),
-            member: stream.io().member,
-        }
-    }
-}
-
-async fn accept(
+/// Serves `router` on `tcp` until `tasks` is cancelled; each connection is a task of `tasks`.
+pub async fn serve(
     tcp: TcpListener,
-    tls: PeerTls,
-    slots: Arc<Semaphore>,
-    admitted: mpsc::Sender<(PeerStream, SocketAddr)>,
+    router: axum::Router,
+    admission: Admission,
+    limits: Limits,
     tasks: Tasks,
 ) {
-    let acceptor = TlsAcceptor::from(tls.server.clone());
-    let tls = Arc::new(tls);
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
     let refused = Arc::new(Throttle::new(Duration::from_secs(10)));
     let token = tasks.token().clone();
     loop {
@@ -150,7 +76,7 @@ async fn accept(
                 Ok(c) => c,
                 Err(e) => {
                     if let Some(more) = refused.allow() {
-                        tracing::warn!(error = %e, suppressed = more, "peer accept failed");
+                        tracing::warn!(error = %e, suppressed = more, "accept failed");
                     }
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
@@ -159,45 +85,99 @@ async fn accept(
             _ = token.cancelled() => return,
         };
         let _ = stream.set_nodelay(true);
-        let (acceptor, tls, admitted, refused) = (
-            acceptor.clone(),
-            tls.clone(),
-            admitted.clone(),
+        let (router, admission, refused, token) = (
+            router.clone(),
+            admission.clone(),
             refused.clone(),
+            token.clone(),
         );
         tasks.spawn(async move {
-            let outcome = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream))
-                .await
-            {
-                Err(_) => Err("no TLS handshake within the timeout".to_string()),
-                Ok(Err(e)) => Err(format!("TLS handshake: {e}")),
-                Ok(Ok(s)) => {
-                    let member = s
-                        .get_ref()
-                        .1
-                        .peer_certificates()
-                        .and_then(|c| c.first())
-                        .and_then(|c| tls.member_of(c));
-                    member.map(|m| (s, m)).ok_or_else(|| {
-                        "the certificate names no member of this grid".to_string()
-                    })
-                }
-            };
-            match outcome {
-                Ok((inner, member)) => {
-                    let stream = PeerStream {
-                        inner,
-                        member,
-                        _slot: slot,
+            let _slot = slot;
+            let result = match admission {
+                Admission::Anyone(None) => {
+                    let conn = Conn {
+                        remote,
+                        member: None,
                     };
-                    let _ = admitted.send((stream, remote)).await;
+                    http(stream, conn, router, limits, token).await;
+                    Ok(())
                 }
-                Err(why) => {
-                    if let Some(more) = refused.allow() {
-                        tracing::warn!(%remote, suppressed = more, "peer connection refused: {why}");
+                Admission::Anyone(Some(tls)) => match handshake(stream, tls).await {
+                    Ok(s) => {
+                        let conn = Conn {
+                            remote,
+                            member: None,
+                        };
+                        http(s, conn, router, limits, token).await;
+                        Ok(())
                     }
+                    Err(e) => Err(e),
+                },
+                Admission::Members(tls) => match handshake(stream, tls.server.clone()).await {
+                    Ok(s) => {
+                        let member = s
+                            .get_ref()
+                            .1
+                            .peer_certificates()
+                            .and_then(|c| c.first())
+                            .and_then(|c| tls.member_of(c));
+                        match member {
+                            Some(m) => {
+                                let conn = Conn {
+                                    remote,
+                                    member: Some(m),
+                                };
+                                http(s, conn, router, limits, token).await;
+                                Ok(())
+                            }
+                            None => Err("the certificate names no member of this grid".into()),
+                        }
+                    }
+                    Err(e) => Err(e),
+                },
+            };
+            if let Err(why) = result {
+                if let Some(more) = refused.allow() {
+                    tracing::warn!(%remote, suppressed = more, "connection refused: {why}");
                 }
             }
         });
+    }
+}
+
+async fn handshake(
+    stream: TcpStream,
+    tls: Arc<rustls::ServerConfig>,
+) -> Result<tokio_rustls::server::TlsStream<TcpStream>, String> {
+    match tokio::time::timeout(HANDSHAKE_TIMEOUT, TlsAcceptor::from(tls).accept(stream)).await {
+        Err(_) => Err("no TLS handshake within the timeout".into()),
+        Ok(Err(e)) => Err(format!("TLS handshake: {e}")),
+        Ok(Ok(s)) => Ok(s),
+    }
+}
+
+/// Serves HTTP/1.1 on one connection until it closes, is cut, or the member stops (then
+/// the request in progress is finished first).
+async fn http<I>(io: I, conn: Conn, router: axum::Router, limits: Limits, token: CancellationToken)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
+        req.extensions_mut().insert(conn.clone());
+        router.clone().oneshot(req.map(Body::new))
+    });
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout)
+        .keep_alive(true);
+    let connection = builder.serve_connection(TokioIo::new(io), service);
+    tokio::pin!(connection);
+    tokio::select! {
+        _ = connection.as_mut() => {}
+        _ = token.cancelled() => {
+            connection.as_mut().graceful_shutdown();
+            let _ = connection.await;
+        }
     }
 }

@@ -5,6 +5,11 @@
 //! Clients check the chain and that the server's certificate names a member of this grid;
 //! host names are not checked (members are reached by addresses that change with pods), the
 //! member identity is what counts.
+//!
+//! Certificates from files are reloaded when the files change ([`Reloading`], checked at
+//! most once a second, on handshakes): a rotated certificate is served without a restart. A
+//! file that does not load (half written, or naming another member) leaves the old
+//! certificate in place and is logged.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -73,72 +78,38 @@ fn read(path: &PathBuf) -> Result<Vec<u8>> {
 impl PeerTls {
     /// Loads (or issues) the certificates of member `id` of `cluster`.
     pub fn load(files: &TlsFiles, cluster: &str, id: u64) -> Result<PeerTls> {
-        let ca_pem = read(&files.ca)?;
-        let mut roots = RootCertStore::empty();
-        for ca in CertificateDer::pem_slice_iter(&ca_pem) {
-            let ca = ca.map_err(|e| tls_err(format!("{}: {e}", files.ca.display())))?;
-            roots
-                .add(ca)
-                .map_err(|e| tls_err(format!("{}: {e}", files.ca.display())))?;
-        }
-        if roots.is_empty() {
-            return Err(tls_err(format!(
-                "{} holds no certificate",
-                files.ca.display()
-            )));
-        }
-        let (cert_pem, key_pem) = match &files.member {
-            MemberCert::Files { cert, key } => (read(cert)?, read(key)?),
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let roots = Arc::new(roots(&files.ca)?);
+        let identity = MemberIdentity {
+            cluster: cluster.into(),
+            id,
+        };
+        let (server_certs, client_certs): (
+            Arc<dyn rustls::server::ResolvesServerCert>,
+            Arc<dyn rustls::client::ResolvesClientCert>,
+        ) = match &files.member {
+            MemberCert::Files { cert, key } => {
+                let r =
+                    Reloading::new(cert.clone(), key.clone(), Some(identity), provider.clone())?;
+                (r.clone(), r)
+            }
             MemberCert::IssueWith { ca_key, hosts } => {
                 let ca = Pem {
-                    cert: String::from_utf8_lossy(&ca_pem).into_owned(),
+                    cert: String::from_utf8_lossy(&read(&files.ca)?).into_owned(),
                     key: String::from_utf8_lossy(&read(ca_key)?).into_owned(),
                 };
                 let pem = devicegrid_pki::issue_member(&ca, cluster, id, hosts, SELF_ISSUED_DAYS)
                     .map_err(tls_err)?;
-                (pem.cert.into_bytes(), pem.key.into_bytes())
+                let key = Arc::new(certified_key(
+                    pem.cert.as_bytes(),
+                    pem.key.as_bytes(),
+                    Some(&identity),
+                    &provider,
+                )?);
+                let fixed = Arc::new(Fixed(key));
+                (fixed.clone(), fixed)
             }
         };
-        Self::from_pem(roots, &cert_pem, &key_pem, cluster, id)
-    }
-
-    fn from_pem(
-        roots: RootCertStore,
-        cert_pem: &[u8],
-        key_pem: &[u8],
-        cluster: &str,
-        id: u64,
-    ) -> Result<PeerTls> {
-        let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert_pem)
-            .collect::<Result<_, _>>()
-            .map_err(|e| tls_err(format!("member certificate: {e}")))?;
-        let leaf = chain
-            .first()
-            .ok_or_else(|| tls_err("the member certificate file holds no certificate"))?;
-        let expected = MemberIdentity {
-            cluster: cluster.into(),
-            id,
-        };
-        match member_identity(leaf).map_err(tls_err)? {
-            Some(named) if named == expected => {}
-            Some(named) => {
-                return Err(tls_err(format!(
-                    "the member certificate names {}, this member is {}",
-                    named.uri(),
-                    expected.uri()
-                )))
-            }
-            None => {
-                return Err(tls_err(format!(
-                    "the member certificate names no member (expected the URI {})",
-                    expected.uri()
-                )))
-            }
-        }
-        let key = PrivateKeyDer::from_pem_slice(key_pem)
-            .map_err(|e| tls_err(format!("member key: {e}")))?;
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let roots = Arc::new(roots);
         let client_verifier =
             WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone())
                 .build()
@@ -147,8 +118,7 @@ impl PeerTls {
             .with_safe_default_protocol_versions()
             .map_err(tls_err)?
             .with_client_cert_verifier(client_verifier)
-            .with_single_cert(chain.clone(), key.clone_key())
-            .map_err(tls_err)?;
+            .with_cert_resolver(server_certs);
         let client = ClientConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()
             .map_err(tls_err)?
@@ -158,8 +128,7 @@ impl PeerTls {
                 cluster: cluster.into(),
                 provider,
             }))
-            .with_client_auth_cert(chain, key)
-            .map_err(tls_err)?;
+            .with_client_cert_resolver(client_certs);
         Ok(PeerTls {
             server: Arc::new(server),
             client: Arc::new(client),
@@ -173,6 +142,33 @@ impl PeerTls {
             Ok(Some(m)) if m.cluster == self.cluster => Some(m.id),
             _ => None,
         }
+    }
+}
+
+/// A certificate issued at start, served as is.
+#[derive(Debug)]
+struct Fixed(Arc<rustls::sign::CertifiedKey>);
+
+impl rustls::server::ResolvesServerCert for Fixed {
+    fn resolve(
+        &self,
+        _hello: rustls::server::ClientHello<'_>,
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(self.0.clone())
+    }
+}
+
+impl rustls::client::ResolvesClientCert for Fixed {
+    fn resolve(
+        &self,
+        _root_hint_subjects: &[&[u8]],
+        _sigschemes: &[SignatureScheme],
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(self.0.clone())
+    }
+
+    fn has_certs(&self) -> bool {
+        true
     }
 }
 
@@ -244,4 +240,202 @@ impl ServerCertVerifier for MemberVerifier {
             .signature_verification_algorithms
             .supported_schemes()
     }
+}
+
+/// A certificate and key read from files, read again when either file changes.
+#[derive(Debug)]
+pub struct Reloading {
+    cert: PathBuf,
+    key: PathBuf,
+    /// The identity the certificate must name (member certificates).
+    identity: Option<MemberIdentity>,
+    provider: Arc<CryptoProvider>,
+    state: std::sync::Mutex<Loaded>,
+}
+
+#[derive(Debug)]
+struct Loaded {
+    key: Arc<rustls::sign::CertifiedKey>,
+    stamp: Option<std::time::SystemTime>,
+    checked: std::time::Instant,
+}
+
+/// How often the files are looked at, at most.
+const RELOAD_CHECK: std::time::Duration = std::time::Duration::from_secs(1);
+
+fn stamp(paths: [&PathBuf; 2]) -> Option<std::time::SystemTime> {
+    paths
+        .iter()
+        .filter_map(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok())
+        .max()
+}
+
+impl Reloading {
+    /// Loads `cert` and `key`; with `identity`, the certificate must name that member.
+    pub fn new(
+        cert: PathBuf,
+        key: PathBuf,
+        identity: Option<MemberIdentity>,
+        provider: Arc<CryptoProvider>,
+    ) -> Result<Arc<Reloading>> {
+        let stamp = stamp([&cert, &key]);
+        let r = Reloading {
+            state: std::sync::Mutex::new(Loaded {
+                key: Arc::new(load_key(&cert, &key, identity.as_ref(), &provider)?),
+                stamp,
+                checked: std::time::Instant::now(),
+            }),
+            cert,
+            key,
+            identity,
+            provider,
+        };
+        Ok(Arc::new(r))
+    }
+
+    /// The current certificate, reloaded first if its files changed.
+    pub fn current(&self) -> Arc<rustls::sign::CertifiedKey> {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if state.checked.elapsed() >= RELOAD_CHECK {
+            state.checked = std::time::Instant::now();
+            let now = stamp([&self.cert, &self.key]);
+            if now != state.stamp {
+                match load_key(
+                    &self.cert,
+                    &self.key,
+                    self.identity.as_ref(),
+                    &self.provider,
+                ) {
+                    Ok(k) => {
+                        state.key = Arc::new(k);
+                        state.stamp = now;
+                        tracing::info!(cert = %self.cert.display(), "certificate reloaded");
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "certificate not reloaded; serving the old one")
+                    }
+                }
+            }
+        }
+        state.key.clone()
+    }
+}
+
+impl rustls::server::ResolvesServerCert for Reloading {
+    fn resolve(
+        &self,
+        _hello: rustls::server::ClientHello<'_>,
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(self.current())
+    }
+}
+
+impl rustls::client::ResolvesClientCert for Reloading {
+    fn resolve(
+        &self,
+        _root_hint_subjects: &[&[u8]],
+        _sigschemes: &[SignatureScheme],
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(self.current())
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
+}
+
+fn load_key(
+    cert: &PathBuf,
+    key: &PathBuf,
+    identity: Option<&MemberIdentity>,
+    provider: &CryptoProvider,
+) -> Result<rustls::sign::CertifiedKey> {
+    let (cert_pem, key_pem) = (read(cert)?, read(key)?);
+    certified_key(&cert_pem, &key_pem, identity, provider)
+}
+
+fn certified_key(
+    cert_pem: &[u8],
+    key_pem: &[u8],
+    identity: Option<&MemberIdentity>,
+    provider: &CryptoProvider,
+) -> Result<rustls::sign::CertifiedKey> {
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert_pem)
+        .collect::<std::result::Result<_, _>>()
+        .map_err(|e| tls_err(format!("certificate: {e}")))?;
+    let leaf = chain
+        .first()
+        .ok_or_else(|| tls_err("the certificate file holds no certificate"))?;
+    if let Some(expected) = identity {
+        match member_identity(leaf).map_err(tls_err)? {
+            Some(named) if named == *expected => {}
+            Some(named) => {
+                return Err(tls_err(format!(
+                    "the member certificate names {}, this member is {}",
+                    named.uri(),
+                    expected.uri()
+                )))
+            }
+            None => {
+                return Err(tls_err(format!(
+                    "the member certificate names no member (expected the URI {})",
+                    expected.uri()
+                )))
+            }
+        }
+    }
+    let key =
+        PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| tls_err(format!("private key: {e}")))?;
+    let signer = provider
+        .key_provider
+        .load_private_key(key)
+        .map_err(tls_err)?;
+    Ok(rustls::sign::CertifiedKey::new(chain, signer))
+}
+
+/// The client port's TLS: the certificate from files (reloaded on change); with
+/// `client_ca`, clients may present a certificate it signed (verified when presented).
+pub fn client_port(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+    client_ca: Option<&PathBuf>,
+) -> Result<Arc<ServerConfig>> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let resolver = Reloading::new(
+        cert.to_path_buf(),
+        key.to_path_buf(),
+        None,
+        provider.clone(),
+    )?;
+    let builder = ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(tls_err)?;
+    let builder = match client_ca {
+        None => builder.with_no_client_auth(),
+        Some(ca) => {
+            let roots = Arc::new(roots(ca)?);
+            let verifier = WebPkiClientVerifier::builder_with_provider(roots, provider)
+                .allow_unauthenticated()
+                .build()
+                .map_err(tls_err)?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    Ok(Arc::new(builder.with_cert_resolver(resolver)))
+}
+
+/// The CA certificates in a PEM file.
+fn roots(path: &PathBuf) -> Result<RootCertStore> {
+    let pem = read(path)?;
+    let mut roots = RootCertStore::empty();
+    for ca in CertificateDer::pem_slice_iter(&pem) {
+        let ca = ca.map_err(|e| tls_err(format!("{}: {e}", path.display())))?;
+        roots
+            .add(ca)
+            .map_err(|e| tls_err(format!("{}: {e}", path.display())))?;
+    }
+    if roots.is_empty() {
+        return Err(tls_err(format!("{} holds no certificate", path.display())));
+    }
+    Ok(roots)
 }
