@@ -103,6 +103,9 @@ pub struct Config {
     pub rate_limit_per_second: u32,
     /// Requests one identity may make at once above the rate (default: one second's worth).
     pub rate_limit_burst: Option<u32>,
+    /// Free space kept on the data directory's disk: below it, new writes are refused with
+    /// 507 `insufficient_storage` (reads, replication and deletes go on) until space is back.
+    pub min_free_disk_bytes: u64,
     /// Client requests need a bearer token of a user whose roles allow them.
     pub auth_enabled: bool,
     /// A file holding the bootstrap admin token: the grid's first user, `admin`, gets it
@@ -169,6 +172,7 @@ impl Default for Config {
             tls_cert: None,
             tls_key: None,
             tls_client_ca: None,
+            min_free_disk_bytes: 256 * 1024 * 1024,
             rate_limit_per_second: 0,
             rate_limit_burst: None,
             auth_enabled: false,

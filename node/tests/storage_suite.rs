@@ -31,7 +31,7 @@ where
         &self,
     ) -> Result<(tempfile::TempDir, LogStore, StateMachineStore<M>), StorageError> {
         let dir = tempfile::tempdir().map_err(io)?;
-        let st = Storage::open(dir.path()).map_err(io)?;
+        let st = Storage::open(dir.path(), 0).map_err(io)?;
         // Groups share the trees in a real member; put a neighbour's data around this one
         // so range scans that leak across groups are caught.
         for neighbour in [2u32, 4, u32::MAX - 1] {

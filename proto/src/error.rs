@@ -121,6 +121,9 @@ pub enum ErrorCode {
     /// A write was sent but its outcome is not known: it must not be retried blindly.
     OutcomeUnknown,
 
+    /// The member's disk is nearly full: nothing was written; retry elsewhere or later
+    /// (507).
+    InsufficientStorage,
     // 500
     /// Persistent storage failed.
     Storage,
@@ -153,6 +156,7 @@ impl ErrorCode {
             VersionMismatch => 412,
             NotLeader | Unavailable | Overloaded => 503,
             OutcomeUnknown => 504,
+            InsufficientStorage => 507,
             Storage | Internal | Unknown => 500,
         }
     }

@@ -17,9 +17,32 @@ pub async fn cluster(State(grid): State<Arc<Grid>>) -> Response {
     Json(grid.views.cluster_view().await).into_response()
 }
 
-/// `GET /healthz`: the process serves HTTP.
+/// `GET /healthz`: the process serves HTTP and every hosted Raft group runs (503 when a
+/// group stopped on a storage failure: a restart brings it back); `storage` says whether
+/// the disk keeps its reserve (`low`: writes are refused until space is freed, no restart
+/// needed).
 pub async fn healthz(State(grid): State<Arc<Grid>>) -> Response {
-    Json(json!({ "status": "ok", "member": grid.id })).into_response()
+    let stopped: Vec<String> = grid
+        .groups
+        .all()
+        .iter()
+        .filter(|g| g.raft.metrics().borrow().running_state.is_err())
+        .map(|g| g.id.to_string())
+        .collect();
+    let space = &grid.storage().space;
+    let body = json!({
+        "status": if stopped.is_empty() { "ok" } else { "failed" },
+        "member": grid.id,
+        "storage": if space.low() { "low" } else { "ok" },
+        "disk_free_bytes": space.free(),
+        "groups_stopped": stopped,
+    });
+    let status = if stopped.is_empty() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(body)).into_response()
 }
 
 /// `GET /readyz`: bootstrapped, and every partition this member holds has a usable leader.

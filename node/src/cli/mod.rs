@@ -87,6 +87,9 @@ struct ServeArgs {
     /// Requests an identity may burst above the rate [default: the rate].
     #[arg(long, env = "DEVICEGRID_RATE_LIMIT_BURST")]
     rate_limit_burst: Option<u32>,
+    /// Free disk space kept; below it writes get 507 insufficient_storage [default: 268435456].
+    #[arg(long, env = "DEVICEGRID_MIN_FREE_DISK_BYTES")]
+    min_free_disk_bytes: Option<u64>,
     /// Client connections served at once [default: 4096].
     #[arg(long, env = "DEVICEGRID_MAX_CONNECTIONS")]
     max_connections: Option<usize>,
@@ -189,6 +192,7 @@ impl ServeArgs {
             peer_listen,
             max_peer_connections,
             max_connections,
+            min_free_disk_bytes,
             header_timeout_ms,
             rate_limit_per_second,
             auth_enabled,
@@ -237,7 +241,13 @@ impl ServeArgs {
 
 fn init_logging(format: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=error,sled=warn"));
+        // openraft::replication logs every failed RPC to a stopped peer (thousands a minute);
+        // the liveness loop logs the peer's state changes instead.
+        .unwrap_or_else(|_| {
+            tracing_subscriber::EnvFilter::new(
+                "info,openraft=error,openraft::replication=off,sled=warn",
+            )
+        });
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

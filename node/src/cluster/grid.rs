@@ -68,7 +68,7 @@ impl Grid {
         bootstrap::check_identity(&config)?;
         let config = Arc::new(config);
         let peer_tls = PeerTls::load(&tls_files(&config)?, &config.cluster_name, config.node_id)?;
-        let storage = Storage::open(&config.data_dir)?;
+        let storage = Storage::open(&config.data_dir, config.min_free_disk_bytes)?;
         let transport_tasks = Tasks::new();
         let transport = Transport::new(
             transport_tasks.clone(),
@@ -131,6 +131,9 @@ impl Grid {
             }),
             token.clone(),
         ));
+        let space = storage.space.clone();
+        let watch_token = token.clone();
+        tasks.spawn(async move { space.watch(watch_token).await });
         tasks.spawn(expiry::run(groups.clone(), metrics.clone(), token.clone()));
         tasks.spawn(driver::run(
             Arc::new(driver::Driver {

@@ -138,6 +138,9 @@ pub async fn run(ctx: Arc<LivenessLoop>, token: CancellationToken) {
 async fn pinger(ctx: &LivenessLoop, token: CancellationToken) {
     let me = ctx.groups.id();
     let mut every = Every::new(Duration::from_millis(500), token);
+    // One log line per change of a peer's state, however long it stays down (openraft's
+    // own per-RPC replication errors are off in the default log filter).
+    let mut answering: HashMap<NodeId, bool> = HashMap::new();
     while every.tick().await {
         let meta = ctx.groups.meta_state();
         // Registered members, and initial members not registered yet.
@@ -163,6 +166,14 @@ async fn pinger(ctx: &LivenessLoop, token: CancellationToken) {
                 }
             });
         every.round(futures::future::join_all(pings)).await;
+        for id in meta.members.keys().filter(|id| **id != me) {
+            let now = ctx.liveness.alive(*id);
+            match answering.insert(*id, now) {
+                Some(true) if !now => tracing::warn!(member = id, "member stopped answering"),
+                Some(false) if now => tracing::info!(member = id, "member answers again"),
+                _ => {}
+            }
+        }
     }
 }
 

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use devicegrid_proto::{LeaderHint, Routing};
+use devicegrid_proto::{ErrorCode, LeaderHint, Routing};
 
 use crate::cluster::group::Group;
 use crate::cluster::groups::Groups;
@@ -285,6 +285,18 @@ impl Router {
             }
         }
         match call {
+            Call::Write(_) if self.groups.storage().space.low() => {
+                let space = &self.groups.storage().space;
+                Err(Error::Refused {
+                    code: ErrorCode::InsufficientStorage,
+                    message: format!(
+                        "member {} has {} bytes of disk left (keeps {} free): nothing written",
+                        self.id,
+                        space.free(),
+                        space.reserve()
+                    ),
+                })
+            }
             Call::Write(ops) => Ok(Answer::Written(group.propose(ops.clone()).await?)),
             Call::Read { keys, stale } => {
                 if !stale {

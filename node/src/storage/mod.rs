@@ -18,6 +18,7 @@
 
 mod flush;
 mod overlay;
+pub mod space;
 
 pub use flush::{FlushError, Flusher};
 pub use overlay::Overlay;
@@ -67,11 +68,13 @@ pub struct Storage {
     pub snapshots: sled::Tree,
     /// Group-commit flusher.
     pub flusher: Flusher,
+    /// Free space of the data directory.
+    pub space: std::sync::Arc<space::Space>,
 }
 
 impl Storage {
-    /// Opens (or creates) the database under `dir`.
-    pub fn open(dir: &Path) -> Result<Self> {
+    /// Opens (or creates) the database under `dir`, keeping `reserve` bytes free.
+    pub fn open(dir: &Path, reserve: u64) -> Result<Self> {
         std::fs::create_dir_all(dir)
             .map_err(|e| Error::Storage(format!("create {}: {e}", dir.display())))?;
         let db = sled::Config::new()
@@ -80,7 +83,9 @@ impl Storage {
             // Durability comes from explicit group-commit flushes, not a timer.
             .flush_every_ms(None)
             .open()?;
-        Self::from_db(db)
+        let mut s = Self::from_db(db)?;
+        s.space = std::sync::Arc::new(space::Space::new(dir, reserve));
+        Ok(s)
     }
 
     /// Wraps an already open database (tests use a temporary one).
@@ -91,6 +96,7 @@ impl Storage {
             state_machine: db.open_tree("state_machine")?,
             snapshots: db.open_tree("snapshots")?,
             flusher: Flusher::spawn(db.clone()),
+            space: std::sync::Arc::new(space::Space::new(&std::env::temp_dir(), 0)),
             db,
         })
     }
