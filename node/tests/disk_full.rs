@@ -51,7 +51,7 @@ impl Drop for Tmpfs {
 
 fn free_bytes(dir: &Path) -> u64 {
     let st = nix::sys::statvfs::statvfs(dir).expect("statvfs");
-    u64::from(st.blocks_available()) * st.fragment_size()
+    st.blocks_available() * st.fragment_size()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -59,7 +59,7 @@ impl Space {
             return;
         };
         // Space an unprivileged process may use.
-        let free = u64::from(st.blocks_available()).saturating_mul(st.fragment_size());
+        let free = st.blocks_available().saturating_mul(st.fragment_size());
         self.free.store(free, Ordering::Relaxed);
         let was = self.low.swap(free < self.reserve, Ordering::Relaxed);
         match (was, free < self.reserve) {
