@@ -23,7 +23,7 @@ fn start_dev(dir: &std::path::Path, base: u16) -> (std::process::Child, Vec<Stri
         ])
         .arg("--data-dir")
         .arg(dir)
-        .env("RUST_LOG", "warn,openraft=error")
+        .env("RUST_LOG", "info,openraft=error")
         .stdout(Stdio::piped())
         .spawn()
         .expect("spawn dev");
@@ -50,7 +50,7 @@ fn start_dev(dir: &std::path::Path, base: u16) -> (std::process::Child, Vec<Stri
     panic!("dev was not ready within 90 s; printed {lines:?}");
 }
 
-fn stop_dev(mut child: std::process::Child) {
+fn stop_dev(dir: &std::path::Path, mut child: std::process::Child) {
     kill(Pid::from_raw(child.id() as i32), Signal::SIGINT).expect("SIGINT");
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
@@ -61,7 +61,21 @@ fn stop_dev(mut child: std::process::Child) {
         if Instant::now() > deadline {
             let _ = child.kill();
             let _ = child.wait();
-            panic!("dev did not stop within 30 s of SIGINT");
+            let logs: Vec<String> = (1..=4)
+                .map(|id| {
+                    let text = std::fs::read_to_string(dir.join(format!("member-{id}/member.log")))
+                        .unwrap_or_default();
+                    let lines: Vec<&str> = text.lines().collect();
+                    format!(
+                        "--- member {id}\n{}",
+                        lines[lines.len().saturating_sub(15)..].join("\n")
+                    )
+                })
+                .collect();
+            panic!(
+                "dev did not stop within 30 s of SIGINT\n{}",
+                logs.join("\n")
+            );
         }
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -86,7 +100,7 @@ fn dev_runs_members_and_resumes_them_with_their_data() {
     let url = format!("http://127.0.0.1:{}/v1/maps/devices/dev-1", base + 1);
     let r = http.put(&url).body(r#"{"fw":"2.0"}"#).send().expect("put");
     assert_eq!(r.status(), 200);
-    stop_dev(child);
+    stop_dev(dir.path(), child);
     // Every member is gone once dev has exited.
     assert!(
         TcpListener::bind(("127.0.0.1", base)).is_ok(),
@@ -332,7 +346,7 @@ fn dev_add_and_drain_change_the_running_grid() {
     }
     let body: serde_json::Value = http.get(&url).send().expect("get").json().expect("json");
     assert_eq!(body["value"]["fw"], "3.1", "{body}");
-    stop_dev(child);
+    stop_dev(dir.path(), child);
 
     // Resumes without the drained member.
     let (child, lines) = start_dev(dir.path(), base);
@@ -341,5 +355,5 @@ fn dev_add_and_drain_change_the_running_grid() {
         3,
         "{lines:?}"
     );
-    stop_dev(child);
+    stop_dev(dir.path(), child);
 }

@@ -16,6 +16,7 @@ use devicegrid::config::{Config, Seed};
 use devicegrid::metrics::Metrics;
 use devicegrid::runtime::Tasks;
 use devicegrid::{api, cluster::Grid};
+use tokio::signal::unix::Signal;
 
 #[derive(Parser)]
 #[command(
@@ -347,19 +348,39 @@ fn exit_with_parent(parent: u32) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// SIGINT and SIGTERM, caught from the moment this is made (a signal that arrives before
+/// anyone waits is kept, not lost).
+pub(crate) struct Signals(Option<(Signal, Signal)>);
+
+impl Signals {
+    /// Starts catching the signals now.
+    pub(crate) fn catch() -> Signals {
+        use tokio::signal::unix::{signal, SignalKind};
+        match (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) {
+            (Ok(term), Ok(int)) => Signals(Some((term, int))),
+            _ => Signals(None),
+        }
+    }
+
+    /// Waits for the next one.
+    pub(crate) async fn recv(&mut self) {
+        match &mut self.0 {
+            Some((term, int)) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = int.recv() => {}
+                }
+            }
+            // Without signal handlers the process can only be killed; keep serving.
+            None => std::future::pending::<()>().await,
+        }
+    }
+}
+
 /// Waits for SIGINT or SIGTERM.
 pub(crate) async fn wait_for_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        // Without signal handlers the process can only be killed; keep serving.
-        std::future::pending::<()>().await;
-        return;
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
+    Signals::catch().recv().await
 }

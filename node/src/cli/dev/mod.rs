@@ -228,13 +228,15 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         partitions: args.partitions,
         replication_factor: args.replication_factor,
     };
+    // Caught from now on: a signal right after `ready` is printed still stops the grid.
+    let mut signals = super::Signals::catch();
     let mut members = Vec::new();
     for id in file.members() {
         members.push(launcher.start(id, file.port(id), file.peer_port(id))?);
     }
     let ready = tokio::select! {
         r = wait_ready(&members, Duration::from_secs(args.ready_timeout)) => r,
-        _ = super::wait_for_signal() => Err(anyhow::anyhow!("interrupted")),
+        _ = signals.recv() => Err(anyhow::anyhow!("interrupted")),
     };
     if let Err(e) = ready {
         stop_all(&mut members).await;
@@ -257,7 +259,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         "# logs: {}/member-<id>/member.log; Ctrl-C stops the grid",
         args.data_dir.display()
     );
-    supervise(&launcher, &mut members).await;
+    supervise(&launcher, &mut members, &mut signals).await;
     Ok(())
 }
 
@@ -350,13 +352,11 @@ async fn wait_ready(members: &[Member], timeout: Duration) -> anyhow::Result<()>
 }
 
 /// Watches the members and `dev.json` until SIGINT or SIGTERM.
-async fn supervise(launcher: &Launcher, members: &mut Vec<Member>) {
-    let signal = super::wait_for_signal();
-    tokio::pin!(signal);
+async fn supervise(launcher: &Launcher, members: &mut Vec<Member>, signals: &mut super::Signals) {
     let mut tick = tokio::time::interval(Duration::from_millis(300));
     loop {
         tokio::select! {
-            _ = &mut signal => {
+            _ = signals.recv() => {
                 say!("stopping");
                 stop_all(members).await;
                 say!("stopped");
