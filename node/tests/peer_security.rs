@@ -67,6 +67,19 @@ async fn send(
     decode(&body).map_err(|e| e.to_string())
 }
 
+/// A join of member 99, which no certificate here names.
+fn join_99() -> PeerRequest {
+    PeerRequest::Meta {
+        call: MetaCall::Propose(MetaCommand::Join {
+            id: 99,
+            addr: "127.0.0.1:1".into(),
+            zone: None,
+            client_addr: None,
+        }),
+        forwarded: false,
+    }
+}
+
 fn invalid(r: &PeerResponse) -> bool {
     matches!(r, PeerResponse::Invalid(_))
 }
@@ -114,20 +127,11 @@ async fn only_members_speak_on_the_peer_port_and_only_for_themselves() {
             ("no certificate", client(&ca.cert, None)),
             ("another CA's certificate", client(&ca.cert, Some(&forged))),
         ] {
-            let join = PeerRequest::Meta {
-                call: MetaCall::Propose(MetaCommand::Join {
-                    id: 99,
-                    addr: "127.0.0.1:1".into(),
-                    zone: None,
-                    client_addr: None,
-                }),
-                forwarded: false,
-            };
             let r = send(
                 &http,
                 &url,
                 &[
-                    join,
+                    join_99(),
                     PeerRequest::Elect {
                         group: GroupId::Partition(0),
                     },
@@ -164,16 +168,7 @@ async fn only_members_speak_on_the_peer_port_and_only_for_themselves() {
                 leader_commit: None,
             }),
         };
-        let join_99 = PeerRequest::Meta {
-            call: MetaCall::Propose(MetaCommand::Join {
-                id: 99,
-                addr: "127.0.0.1:1".into(),
-                zone: None,
-                client_addr: None,
-            }),
-            forwarded: false,
-        };
-        let answers = send(&as3, &url, &[ping(1), append_as_1, join_99])
+        let answers = send(&as3, &url, &[ping(1), append_as_1, join_99()])
             .await
             .expect("answered");
         assert!(answers.iter().all(invalid), "{answers:?}");
