@@ -96,10 +96,12 @@ pub struct DeviceGridSpec {
     /// Spread of the member pods; by default across zones and nodes (best effort).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub topology_spread_constraints: Option<Vec<TopologySpreadConstraint>>,
-    /// TLS for the API and between members (reserved; wired by a later release).
+    /// TLS for the client API (not applied yet: the grid reports `Degraded`
+    /// `SecurityNotApplied` while set; members always use mutual TLS between themselves).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<SecretReference>,
-    /// Users and ACLs (reserved; wired by a later release).
+    /// Users and ACLs (not applied yet: the grid reports `Degraded` `SecurityNotApplied`
+    /// while set).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auth: Option<SecretReference>,
     /// Grid settings passed to every member (keys of `devicegrid serve --config`, e.g.
