@@ -93,55 +93,49 @@ pub async fn serve(
         );
         tasks.spawn(async move {
             let _slot = slot;
-            let result = match admission {
+            let (tls, members) = match admission {
                 Admission::Anyone(None) => {
                     let conn = Conn {
                         remote,
                         member: None,
                     };
-                    http(stream, conn, router, limits, token).await;
-                    Ok(())
+                    return http(stream, conn, router, limits, token).await;
                 }
-                Admission::Anyone(Some(tls)) => match handshake(stream, tls).await {
-                    Ok(s) => {
-                        let conn = Conn {
-                            remote,
-                            member: None,
-                        };
-                        http(s, conn, router, limits, token).await;
-                        Ok(())
-                    }
-                    Err(e) => Err(e),
-                },
-                Admission::Members(tls) => match handshake(stream, tls.server.clone()).await {
-                    Ok(s) => {
-                        let member = s
-                            .get_ref()
-                            .1
-                            .peer_certificates()
-                            .and_then(|c| c.first())
-                            .and_then(|c| tls.member_of(c));
-                        match member {
-                            Some(m) => {
-                                let conn = Conn {
-                                    remote,
-                                    member: Some(m),
-                                };
-                                http(s, conn, router, limits, token).await;
-                                Ok(())
-                            }
-                            None => Err("the certificate names no member of this grid".into()),
-                        }
-                    }
-                    Err(e) => Err(e),
-                },
+                Admission::Anyone(Some(tls)) => (tls, None),
+                Admission::Members(peer) => (peer.server.clone(), Some(peer)),
             };
-            if let Err(why) = result {
-                if let Some(more) = refused.allow() {
-                    tracing::warn!(%remote, suppressed = more, "connection refused: {why}");
+            match admit(stream, tls, members.as_ref()).await {
+                Ok((s, member)) => http(s, Conn { remote, member }, router, limits, token).await,
+                Err(why) => {
+                    if let Some(more) = refused.allow() {
+                        tracing::warn!(%remote, suppressed = more, "connection refused: {why}");
+                    }
                 }
             }
         });
+    }
+}
+
+/// The TLS handshake, and with `members` the member the caller's certificate names (a
+/// caller naming none is refused).
+async fn admit(
+    stream: TcpStream,
+    tls: Arc<rustls::ServerConfig>,
+    members: Option<&PeerTls>,
+) -> Result<(tokio_rustls::server::TlsStream<TcpStream>, Option<u64>), String> {
+    let s = handshake(stream, tls).await?;
+    let Some(peers) = members else {
+        return Ok((s, None));
+    };
+    let member = s
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .and_then(|c| peers.member_of(c));
+    match member {
+        Some(m) => Ok((s, Some(m))),
+        None => Err("the certificate names no member of this grid".into()),
     }
 }
 

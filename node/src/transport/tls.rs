@@ -79,7 +79,8 @@ impl PeerTls {
     /// Loads (or issues) the certificates of member `id` of `cluster`.
     pub fn load(files: &TlsFiles, cluster: &str, id: u64) -> Result<PeerTls> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let roots = Arc::new(roots(&files.ca)?);
+        let ca_pem = read(&files.ca)?;
+        let roots = Arc::new(roots_of(&ca_pem, &files.ca)?);
         let identity = MemberIdentity {
             cluster: cluster.into(),
             id,
@@ -95,7 +96,7 @@ impl PeerTls {
             }
             MemberCert::IssueWith { ca_key, hosts } => {
                 let ca = Pem {
-                    cert: String::from_utf8_lossy(&read(&files.ca)?).into_owned(),
+                    cert: String::from_utf8_lossy(&ca_pem).into_owned(),
                     key: String::from_utf8_lossy(&read(ca_key)?).into_owned(),
                 };
                 let pem = devicegrid_pki::issue_member(&ca, cluster, id, hosts, SELF_ISSUED_DAYS)
@@ -426,9 +427,13 @@ pub fn client_port(
 
 /// The CA certificates in a PEM file.
 fn roots(path: &PathBuf) -> Result<RootCertStore> {
-    let pem = read(path)?;
+    roots_of(&read(path)?, path)
+}
+
+/// The CA certificates in `pem`, read from `path`.
+fn roots_of(pem: &[u8], path: &std::path::Path) -> Result<RootCertStore> {
     let mut roots = RootCertStore::empty();
-    for ca in CertificateDer::pem_slice_iter(&pem) {
+    for ca in CertificateDer::pem_slice_iter(pem) {
         let ca = ca.map_err(|e| tls_err(format!("{}: {e}", path.display())))?;
         roots
             .add(ca)
