@@ -33,8 +33,13 @@ else
 fi
 
 ldflags="-s -w"
-# CoreDNS prints coremain.GitCommit in its banner and -version output.
-[[ $name == coredns ]] && ldflags+=" -X github.com/coredns/coredns/coremain.GitCommit=$version"
+# CoreDNS prints coremain.GitCommit in its banner and -version output (its wrapper has its own
+# main.go, with only the plugins our Corefile uses; the version is the pinned module's).
+if [[ $name == coredns ]]; then
+  version=$(awk '$1 == "github.com/coredns/coredns" {print $2}' <(sed 's/^require //' "$mod/go.mod"))
+  [[ -n $version ]] || die "cannot find the version of github.com/coredns/coredns in $mod/go.mod"
+  ldflags+=" -X github.com/coredns/coredns/coremain.GitCommit=$version"
+fi
 # local-path-provisioner's Makefile sets main.VERSION (printed at start).
 [[ $name == local-path-provisioner ]] && ldflags+=" -X main.VERSION=$version"
 # crictl's Makefile sets pkg/version.Version (`crictl --version`).

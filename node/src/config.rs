@@ -96,8 +96,17 @@ pub struct Config {
     pub tls_cert: Option<PathBuf>,
     /// Private key of `tls_cert` (PEM).
     pub tls_key: Option<PathBuf>,
+    /// The client port serves TLS with this member's own certificate, issued from
+    /// `peer_ca_key` (clients trust `peer_ca`); instead of `tls_cert`/`tls_key`.
+    pub tls_self_issued: bool,
+    /// Names (DNS or IP) the self-issued certificate carries besides the advertised hosts,
+    /// e.g. the client Service's name.
+    pub tls_hosts: Vec<String>,
     /// CA (PEM) of client certificates: clients may present one (optional mutual TLS).
     pub tls_client_ca: Option<PathBuf>,
+    /// Lifetime of the certificates the member issues for itself (seconds); a new one is
+    /// issued once two thirds of it have passed, without a restart.
+    pub cert_lifetime_secs: u64,
     /// Requests per second one client identity (user, or address without authentication)
     /// may make on this member; more are answered 429 `rate_limited` (0: no limit).
     pub rate_limit_per_second: u32,
@@ -171,7 +180,10 @@ impl Default for Config {
             header_timeout_ms: 20_000,
             tls_cert: None,
             tls_key: None,
+            tls_self_issued: false,
+            tls_hosts: Vec::new(),
             tls_client_ca: None,
+            cert_lifetime_secs: 30 * 86_400,
             min_free_disk_bytes: 256 * 1024 * 1024,
             rate_limit_per_second: 0,
             rate_limit_burst: None,
@@ -378,10 +390,24 @@ impl Config {
                 "tls_cert and tls_key go together",
             ));
         }
-        if self.tls_client_ca.is_some() && self.tls_cert.is_none() {
+        if self.tls_self_issued && (self.tls_cert.is_some() || self.peer_ca_key.is_none()) {
+            return Err(ConfigError::new(
+                "tls_self_issued",
+                "tls_self_issued serves the member's own certificate, issued from peer_ca_key: \
+                 set peer_ca_key, and not tls_cert",
+            ));
+        }
+        if self.tls_client_ca.is_some() && self.tls_cert.is_none() && !self.tls_self_issued {
             return Err(ConfigError::new(
                 "tls_client_ca",
-                "client certificates need TLS on the client port (tls_cert, tls_key)",
+                "client certificates need TLS on the client port (tls_cert and tls_key, or \
+                 tls_self_issued)",
+            ));
+        }
+        if self.cert_lifetime_secs < 3 {
+            return Err(ConfigError::new(
+                "cert_lifetime_secs",
+                "cert_lifetime_secs must be at least 3",
             ));
         }
         if self.max_connections < 8 {

@@ -20,7 +20,7 @@ async fn start_member(dir: &std::path::Path) -> (Arc<Grid>, String) {
     let (listener, peer_listener) = (bind().await.expect("bind"), bind().await.expect("bind"));
     let addr = listener.local_addr().expect("addr");
     let peer_addr = peer_listener.local_addr().expect("addr");
-    let ca = devicegrid_pki::new_ca("devicegrid", 1).expect("ca");
+    let ca = devicegrid_pki::new_ca("devicegrid", devicegrid_pki::days(1)).expect("ca");
     std::fs::write(dir.join("ca.crt"), &ca.cert).expect("ca.crt");
     std::fs::write(dir.join("ca.key"), &ca.key).expect("ca.key");
     let config = Config {

@@ -178,10 +178,12 @@ fn der(pem: &str) -> Vec<u8> {
 async fn client_tls_serves_rotated_certificates_and_checks_client_certificates() {
     within(120, async {
         let certs = tempfile::tempdir().expect("tempdir");
-        let server_ca = devicegrid_pki::new_ca("clients", 1).expect("ca");
-        let client_ca = devicegrid_pki::new_ca("clients", 1).expect("ca");
+        let server_ca = devicegrid_pki::new_ca("clients", devicegrid_pki::days(1)).expect("ca");
+        let client_ca = devicegrid_pki::new_ca("clients", devicegrid_pki::days(1)).expect("ca");
         let host = ["127.0.0.1".to_string()];
-        let first = devicegrid_pki::issue_member(&server_ca, "clients", 1, &host, 1).expect("cert");
+        let first =
+            devicegrid_pki::issue_member(&server_ca, "clients", 1, &host, devicegrid_pki::days(1))
+                .expect("cert");
         write_pair(certs.path(), "server", &first);
         std::fs::write(certs.path().join("client-ca.crt"), &client_ca.cert).expect("ca");
         let p = |f: &str| certs.path().join(f).to_str().expect("utf-8").to_string();
@@ -233,9 +235,13 @@ async fn client_tls_serves_rotated_certificates_and_checks_client_certificates()
         assert!(plain.map(|r| !r.status().is_success()).unwrap_or(true));
 
         // Client certificates: one from the client CA is accepted, one from another CA is not.
-        let good = devicegrid_pki::issue_member(&client_ca, "clients", 7, &[], 1).expect("cert");
-        let stranger = devicegrid_pki::new_ca("clients", 1).expect("ca");
-        let bad = devicegrid_pki::issue_member(&stranger, "clients", 7, &[], 1).expect("cert");
+        let good =
+            devicegrid_pki::issue_member(&client_ca, "clients", 7, &[], devicegrid_pki::days(1))
+                .expect("cert");
+        let stranger = devicegrid_pki::new_ca("clients", devicegrid_pki::days(1)).expect("ca");
+        let bad =
+            devicegrid_pki::issue_member(&stranger, "clients", 7, &[], devicegrid_pki::days(1))
+                .expect("cert");
         assert!(served_cert(https(&server_ca.cert, Some(&good)))
             .await
             .is_ok());
@@ -245,7 +251,8 @@ async fn client_tls_serves_rotated_certificates_and_checks_client_certificates()
 
         // Rotation: new files are served to new connections, without a restart.
         let second =
-            devicegrid_pki::issue_member(&server_ca, "clients", 1, &host, 1).expect("cert");
+            devicegrid_pki::issue_member(&server_ca, "clients", 1, &host, devicegrid_pki::days(1))
+                .expect("cert");
         write_pair(certs.path(), "server", &second);
         until(
             Duration::from_secs(15),
@@ -281,6 +288,77 @@ async fn client_tls_serves_rotated_certificates_and_checks_client_certificates()
         )
         .await
         .expect("broken file refused");
+    })
+    .await;
+}
+
+/// `tls_self_issued`: the client port serves the member's own certificate from the grid's CA,
+/// naming the client port's hosts, and a new one before the old expires, without a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn self_issued_client_certificate_is_renewed_without_restart() {
+    within(120, async {
+        let mut grid = TestGrid::new(1, 4, &[]);
+        grid.set_member_args(
+            1,
+            &[
+                "--tls-self-issued",
+                "true",
+                "--tls-hosts",
+                "fleet.iot.svc",
+                "--cert-lifetime-secs",
+                "6",
+            ],
+        );
+        grid.spawn(1);
+        let ca = std::fs::read(grid.pki().join("ca.crt")).expect("ca");
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], grid.ports[0]));
+        // A new client each time (a new handshake), checking the host name it dials.
+        let served = || async {
+            let client = reqwest::Client::builder()
+                .add_root_certificate(reqwest::Certificate::from_pem(&ca).expect("ca"))
+                .resolve("fleet.iot.svc", addr)
+                .tls_info(true)
+                .timeout(Duration::from_secs(5))
+                .build()
+                .expect("client");
+            let url = format!("https://fleet.iot.svc:{}/readyz", addr.port());
+            let r = client
+                .get(&url)
+                .send()
+                .await
+                .map_err(|e| format!("{e:?}"))?;
+            r.extensions()
+                .get::<reqwest::tls::TlsInfo>()
+                .and_then(|t| t.peer_certificate().map(<[u8]>::to_vec))
+                .ok_or_else(|| "no TLS info".to_string())
+        };
+        let first = until(Duration::from_secs(60), Duration::from_millis(300), served)
+            .await
+            .expect("served over TLS under the client Service's name");
+        let named = devicegrid_pki::member_identity(&first).expect("parse");
+        assert_eq!(
+            named.map(|m| (m.cluster, m.id)),
+            Some(("devicegrid".into(), 1))
+        );
+        let renewed = until(
+            Duration::from_secs(20),
+            Duration::from_millis(300),
+            || async {
+                let now = served().await?;
+                if now != first {
+                    Ok(now)
+                } else {
+                    Err("still the first certificate".to_string())
+                }
+            },
+        )
+        .await
+        .expect("a new certificate after two thirds of its lifetime");
+        assert!(devicegrid_pki::member_identity(&renewed)
+            .expect("parse")
+            .is_some());
+        assert!(grid.running(1), "no restart: {}", grid.log_tail(1));
+        assert!(grid.log_tail(1).contains("member certificate renewed"));
     })
     .await;
 }

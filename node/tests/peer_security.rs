@@ -109,7 +109,9 @@ async fn only_members_speak_on_the_peer_port_and_only_for_themselves() {
         let ping = |from| PeerRequest::Ping { from };
 
         // Control: a certificate of member 3 from the grid's CA is answered.
-        let member3 = devicegrid_pki::issue_member(&ca, "devicegrid", 3, &[], 1).expect("cert");
+        let member3 =
+            devicegrid_pki::issue_member(&ca, "devicegrid", 3, &[], devicegrid_pki::days(1))
+                .expect("cert");
         let as3 = client(&ca.cert, Some(&member3));
         let pong = send(&as3, &url, &[ping(3)])
             .await
@@ -120,9 +122,16 @@ async fn only_members_speak_on_the_peer_port_and_only_for_themselves() {
         );
 
         // No certificate, a certificate of another CA, plain HTTP: no answer at all.
-        let stranger_ca = devicegrid_pki::new_ca("devicegrid", 1).expect("ca");
-        let forged =
-            devicegrid_pki::issue_member(&stranger_ca, "devicegrid", 99, &[], 1).expect("forged");
+        let stranger_ca =
+            devicegrid_pki::new_ca("devicegrid", devicegrid_pki::days(1)).expect("ca");
+        let forged = devicegrid_pki::issue_member(
+            &stranger_ca,
+            "devicegrid",
+            99,
+            &[],
+            devicegrid_pki::days(1),
+        )
+        .expect("forged");
         for (who, http) in [
             ("no certificate", client(&ca.cert, None)),
             ("another CA's certificate", client(&ca.cert, Some(&forged))),
@@ -153,7 +162,9 @@ async fn only_members_speak_on_the_peer_port_and_only_for_themselves() {
             "plain HTTP: {plain:?}"
         );
         // A certificate of another grid (same CA, other name) is refused too.
-        let other_grid = devicegrid_pki::issue_member(&ca, "other", 3, &[], 1).expect("cert");
+        let other_grid =
+            devicegrid_pki::issue_member(&ca, "other", 3, &[], devicegrid_pki::days(1))
+                .expect("cert");
         assert!(send(&client(&ca.cert, Some(&other_grid)), &url, &[ping(3)])
             .await
             .is_err());

@@ -1,8 +1,9 @@
 //! The objects a `DeviceGrid` owns, built from its spec: ServiceAccount, ConfigMap,
 //! headless Service (member addresses), client Service, StatefulSet, PodDisruptionBudget,
-//! and (in `builders/security.rs`) the peer CA Secret and the NetworkPolicy. Pure
-//! functions; the reconciler applies them with server-side apply, except the CA Secret,
-//! which it only creates.
+//! and (in `builders/security.rs`) the peer CA Secret, the admin token Secret, the
+//! NetworkPolicy and what `spec.tls` and `spec.auth` add to the pods. Pure functions; the
+//! reconciler applies them with server-side apply, except the two Secrets, which it only
+//! creates.
 //!
 //! Members have two ports: the client API on 7001 (client Service, probes, the operator)
 //! and the peer port 7101, mutual TLS between members only. Member `i` of a grid is pod
@@ -27,7 +28,10 @@ use crate::{Error, Result};
 
 mod security;
 
-pub use security::{network_policy, peer_ca_secret, PEER_CA_CERT, PEER_CA_KEY};
+pub use security::{
+    admin_secret, network_policy, peer_ca_secret, Security, ADMIN_TOKEN, PEER_CA_CERT, PEER_CA_KEY,
+    TLS_CA, TLS_CERT, TLS_KEY,
+};
 
 /// Port of the member's client API (clients, probes, the operator).
 pub const PORT: i32 = 7001;
@@ -77,6 +81,12 @@ impl Names {
     /// The Secret with the grid's peer CA (certificate and key).
     pub fn peer_ca(&self) -> String {
         format!("{}-peer-ca", self.grid)
+    }
+
+    /// The Secret with the bootstrap admin token the operator made (`spec.auth` without a
+    /// Secret of its own).
+    pub fn admin(&self) -> String {
+        format!("{}-admin", self.grid)
     }
 
     /// The NetworkPolicy restricting the peer port to the grid's own members.
@@ -167,6 +177,7 @@ pub fn config_yaml(dg: &DeviceGrid, names: &Names) -> String {
         "initial_members:".to_string(),
     ];
     lines.extend(seeds);
+    lines.extend(Security::of(dg, names).config_lines());
     // Passthrough settings: numbers and booleans as they are, anything else quoted. The
     // member refuses unknown keys and wrong types at start, with a message.
     for (k, v) in &spec.config {
@@ -280,6 +291,9 @@ pub fn stateful_set(dg: &DeviceGrid, names: &Names, replicas: i32) -> Result<Sta
         ]),
     };
     let host = format!("$(POD_NAME).{}.{}.svc", names.members(), names.namespace);
+    let security = Security::of(dg, names);
+    let scheme = security.scheme();
+    let (secret_volumes, secret_mounts) = security.volumes();
     let mut container = json!({
         "name": "member",
         "image": spec.image,
@@ -303,11 +317,11 @@ pub fn stateful_set(dg: &DeviceGrid, names: &Names, replicas: i32) -> Result<Sta
             "capabilities": { "drop": ["ALL"] },
         },
         "readinessProbe": {
-            "httpGet": { "path": "/readyz", "port": PORT },
+            "httpGet": { "path": "/readyz", "port": PORT, "scheme": scheme },
             "periodSeconds": 5, "failureThreshold": 3,
         },
         "livenessProbe": {
-            "httpGet": { "path": "/healthz", "port": PORT },
+            "httpGet": { "path": "/healthz", "port": PORT, "scheme": scheme },
             "initialDelaySeconds": 10, "periodSeconds": 10, "failureThreshold": 6,
         },
         "volumeMounts": [
@@ -316,6 +330,9 @@ pub fn stateful_set(dg: &DeviceGrid, names: &Names, replicas: i32) -> Result<Sta
             { "name": "peer-ca", "mountPath": PKI_DIR, "readOnly": true },
         ],
     });
+    if let Some(m) = container["volumeMounts"].as_array_mut() {
+        m.extend(secret_mounts);
+    }
     if let Some(r) = &spec.resources {
         container["resources"] =
             serde_json::to_value(r).map_err(|e| Error::Build("StatefulSet".into(), e))?;
@@ -340,6 +357,9 @@ pub fn stateful_set(dg: &DeviceGrid, names: &Names, replicas: i32) -> Result<Sta
             { "name": "peer-ca", "secret": { "secretName": names.peer_ca(), "defaultMode": 0o440 } },
         ],
     });
+    if let Some(v) = pod_spec["volumes"].as_array_mut() {
+        v.extend(secret_volumes);
+    }
     let extra = [
         ("nodeSelector", serde_json::to_value(&spec.node_selector)),
         ("tolerations", serde_json::to_value(&spec.tolerations)),

@@ -96,14 +96,14 @@ pub struct DeviceGridSpec {
     /// Spread of the member pods; by default across zones and nodes (best effort).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub topology_spread_constraints: Option<Vec<TopologySpreadConstraint>>,
-    /// TLS for the client API (not applied yet: the grid reports `Degraded`
-    /// `SecurityNotApplied` while set; members always use mutual TLS between themselves).
+    /// TLS on the client port (members always use mutual TLS between themselves, on the
+    /// peer port). Set or changed on a running grid, members are rolled one at a time.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tls: Option<SecretReference>,
-    /// Users and ACLs (not applied yet: the grid reports `Degraded` `SecurityNotApplied`
-    /// while set).
+    pub tls: Option<TlsSpec>,
+    /// Authentication and authorization of client requests: bearer tokens of users whose
+    /// roles grant what they ask (users and roles through the grid's admin API).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub auth: Option<SecretReference>,
+    pub auth: Option<AuthSpec>,
     /// Grid settings passed to every member (keys of `devicegrid serve --config`, e.g.
     /// `failure_grace_ms`, `max_moves`).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -175,12 +175,34 @@ impl Default for StorageSpec {
     }
 }
 
-/// A Secret in the grid's namespace.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+/// TLS on the client port.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
-pub struct SecretReference {
-    /// Secret name.
-    pub secret_name: String,
+pub struct TlsSpec {
+    /// A `kubernetes.io/tls` Secret with the client port's certificate (`tls.crt`,
+    /// `tls.key`) and the CA that signed it (`ca.crt`, which the operator trusts); it must
+    /// name `<grid>.<namespace>.svc`. Members pick up a renewed Secret without a restart.
+    /// Without it, each member serves its own certificate from the grid's CA (Secret
+    /// `<grid>-peer-ca`, key `ca.crt`: what clients trust), naming the client Service and
+    /// the member's own address, renewed before it expires.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_name: Option<String>,
+    /// A Secret with `ca.crt`: clients may present a certificate it signed (verified when
+    /// presented).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_ca_secret_name: Option<String>,
+}
+
+/// Authentication of client requests.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AuthSpec {
+    /// A Secret whose `token` (16 or more characters, no spaces) becomes the token of the
+    /// grid's first user, `admin`, while the grid has no user. Without it, the operator
+    /// creates `<grid>-admin` with a random token. The operator calls the grid's admin API
+    /// with this token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_name: Option<String>,
 }
 
 /// What the operator observed.

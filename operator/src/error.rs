@@ -30,6 +30,17 @@ pub enum Error {
         /// The missing key.
         key: &'static str,
     },
+    /// A Secret the grid's security needs is missing or lacks a key (a Secret named in
+    /// `spec.tls` or `spec.auth`, or the admin token the operator made).
+    #[error("Secret {secret} ({purpose}): {problem}")]
+    SecretUnusable {
+        /// The Secret's name.
+        secret: String,
+        /// What it is for, e.g. `spec.tls.secretName`.
+        purpose: &'static str,
+        /// What is wrong with it.
+        problem: String,
+    },
     /// The Kubernetes API refused or failed; the pass is retried with backoff.
     #[error("kubernetes: {0}")]
     Kube(#[from] kube::Error),
@@ -77,6 +88,7 @@ impl Error {
             Error::MissingUid => "missing_uid",
             Error::Build(..) => "build",
             Error::Pki(_) | Error::PeerCaIncomplete { .. } => "peer_ca",
+            Error::SecretUnusable { .. } => "secret",
             Error::Kube(_) => "kubernetes",
             Error::GridRequest { .. } | Error::GridAnswer { .. } => "grid",
             Error::LeaseSettings(_) => "lease_settings",

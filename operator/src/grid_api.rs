@@ -1,10 +1,16 @@
 //! The client of a grid's admin API: the grid's own view (`GET /v1/cluster`) and drain
 //! requests (`POST /v1/members/{id}/drain`).
 //!
+//! A grid with `spec.tls` is asked over HTTPS, trusting only the grid's CA ([`Access::ca`]);
+//! one with `spec.auth` with the bootstrap admin token as bearer token ([`Access::token`]).
+//! HTTP clients are kept per CA, so connections are reused across passes.
+//!
 //! Answers are the wire contract's types ([`devicegrid_proto`]), so the operator reads exactly
 //! what members serve; what a drain answer means is decided from its [`ErrorCode`], never from
 //! its message.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use devicegrid_proto::views::ClusterView;
@@ -14,12 +20,26 @@ use reqwest::StatusCode;
 use crate::builders::Names;
 use crate::{Error, Result};
 
+const TIMEOUT: Duration = Duration::from_secs(5);
+
 /// How the operator reaches a grid's admin API.
 #[derive(Clone)]
 pub struct GridApi {
     http: reqwest::Client,
-    /// URL with `{name}` and `{namespace}`, e.g. `http://{name}.{namespace}.svc:7001`.
+    /// Clients for grids with TLS, by the CA they trust (PEM).
+    tls: Arc<Mutex<HashMap<Vec<u8>, reqwest::Client>>>,
+    /// URL with `{name}` and `{namespace}`, e.g. `http://{name}.{namespace}.svc:7001`
+    /// (`https` for grids with TLS).
     pub url_template: String,
+}
+
+/// What a call to one grid needs besides its address.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Access {
+    /// The CA (PEM) the client port's certificate chains to, when the grid has TLS.
+    pub ca: Option<Vec<u8>>,
+    /// The bearer token, when the grid authenticates requests.
+    pub token: Option<String>,
 }
 
 /// The answer to a drain request.
@@ -39,23 +59,72 @@ impl GridApi {
     pub fn new(url_template: impl Into<String>) -> Self {
         GridApi {
             http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(5))
+                .timeout(TIMEOUT)
                 .build()
                 .unwrap_or_default(),
+            tls: Arc::default(),
             url_template: url_template.into(),
         }
     }
 
-    fn base(&self, names: &Names) -> String {
-        self.url_template
+    fn base(&self, names: &Names, access: &Access) -> String {
+        let url = self
+            .url_template
             .replace("{name}", &names.grid)
-            .replace("{namespace}", &names.namespace)
+            .replace("{namespace}", &names.namespace);
+        match (&access.ca, url.strip_prefix("http://")) {
+            (Some(_), Some(rest)) => format!("https://{rest}"),
+            _ => url,
+        }
+    }
+
+    /// The HTTP client for `access`; `url` names the grid in errors.
+    fn client(&self, access: &Access, url: &str) -> Result<reqwest::Client> {
+        let Some(ca) = &access.ca else {
+            return Ok(self.http.clone());
+        };
+        let mut clients = self.tls.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = clients.get(ca) {
+            return Ok(c.clone());
+        }
+        let built = reqwest::Certificate::from_pem_bundle(ca).and_then(|roots| {
+            roots
+                .into_iter()
+                .fold(reqwest::Client::builder(), |b, c| b.add_root_certificate(c))
+                .tls_built_in_root_certs(false)
+                .timeout(TIMEOUT)
+                .build()
+        });
+        let client = built.map_err(|source| Error::GridRequest {
+            url: url.to_string(),
+            source,
+        })?;
+        // Grids are few; a CA replaced by hand leaves one stale client behind at most.
+        clients.insert(ca.clone(), client.clone());
+        Ok(client)
+    }
+
+    fn request(
+        &self,
+        method: reqwest::Method,
+        url: &str,
+        access: &Access,
+    ) -> Result<reqwest::RequestBuilder> {
+        let r = self.client(access, url)?.request(method, url);
+        Ok(match &access.token {
+            Some(t) => r.bearer_auth(t),
+            None => r,
+        })
     }
 
     /// The grid's cluster view.
-    pub async fn cluster(&self, names: &Names) -> Result<ClusterView> {
-        let url = format!("{}/v1/cluster", self.base(names));
-        let r = match self.http.get(&url).send().await {
+    pub async fn cluster(&self, names: &Names, access: &Access) -> Result<ClusterView> {
+        let url = format!("{}/v1/cluster", self.base(names, access));
+        let r = match self
+            .request(reqwest::Method::GET, &url, access)?
+            .send()
+            .await
+        {
             Ok(r) => r,
             Err(source) => return Err(Error::GridRequest { url, source }),
         };
@@ -74,9 +143,13 @@ impl GridApi {
     }
 
     /// Asks the grid to drain member `id`.
-    pub async fn drain(&self, names: &Names, id: u64) -> Result<DrainAnswer> {
-        let url = format!("{}/v1/members/{id}/drain", self.base(names));
-        let r = match self.http.post(&url).send().await {
+    pub async fn drain(&self, names: &Names, access: &Access, id: u64) -> Result<DrainAnswer> {
+        let url = format!("{}/v1/members/{id}/drain", self.base(names, access));
+        let r = match self
+            .request(reqwest::Method::POST, &url, access)?
+            .send()
+            .await
+        {
             Ok(r) => r,
             Err(source) => return Err(Error::GridRequest { url, source }),
         };

@@ -1,10 +1,12 @@
 //! The reconcile flow: one pass brings a grid's children in line with its spec and writes
 //! what it observed to the status subresource.
 //!
-//! A pass (a) creates the grid's peer CA Secret if it is missing (never re-applied: a new
-//! CA would split the grid) and applies the ServiceAccount, ConfigMap, Services, PDB and
-//! NetworkPolicy with server-side apply; (b) reads the grid's own view (`GET /v1/cluster`
-//! through the client Service, see [`crate::grid_api`]); (c) takes one scale step
+//! A pass (a) creates the grid's peer CA Secret, and with `spec.auth` the admin token Secret,
+//! if missing (never re-applied: a new CA would split the grid, a new token lock the operator
+//! out), checks the Secrets `spec.tls` and `spec.auth` name, and applies the ServiceAccount,
+//! ConfigMap, Services, PDB and NetworkPolicy with server-side apply; (b) reads the grid's
+//! own view (`GET /v1/cluster` through the client Service, over HTTPS trusting the grid's CA
+//! with `spec.tls`, with the admin token with `spec.auth`, see [`crate::grid_api`]); (c) takes one scale step
 //! ([`decisions::scale_step`]): raise the StatefulSet, or drain the highest member through
 //! the grid and shrink only once it is decommissioned; (d) rolls one outdated pod when the
 //! grid is fully replicated; (e) writes the status ([`status::build`]) and publishes an
@@ -28,11 +30,12 @@ use kube::{Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use crate::builders::Security;
 use crate::builders::{self, Names};
 use crate::controller::Context;
 use crate::crd::{DeviceGrid, DeviceGridStatus};
 use crate::decisions::{self, GridMember, PodState, ScaleStep};
-use crate::grid_api::DrainAnswer;
+use crate::grid_api::{Access, DrainAnswer};
 use crate::status::{self, Observed, Phase, Roll};
 use crate::{Error, Result};
 
@@ -50,7 +53,8 @@ pub async fn reconcile(dg: Arc<DeviceGrid>, ctx: Arc<Context>) -> Result<Action>
     let names = Names::of(&dg)?;
     let ns = names.namespace.clone();
     let client = &ctx.client;
-    ensure_peer_ca(client, &dg, &names).await?;
+    let peer_ca = ensure_peer_ca(client, &dg, &names).await?;
+    let access = grid_access(client, &dg, &names, peer_ca).await?;
     apply::<ServiceAccount>(client, &ns, &builders::service_account(&dg, &names)?).await?;
     apply::<ConfigMap>(client, &ns, &builders::config_map(&dg, &names)?).await?;
     apply::<Service>(client, &ns, &builders::members_service(&dg, &names)?).await?;
@@ -66,7 +70,7 @@ pub async fn reconcile(dg: Arc<DeviceGrid>, ctx: Arc<Context>) -> Result<Action>
         .and_then(|s| s.spec.as_ref())
         .and_then(|s| s.replicas)
         .unwrap_or(dg.spec.replicas);
-    let view = ctx.grid.cluster(&names).await;
+    let view = ctx.grid.cluster(&names, &access).await;
     if let Err(e) = &view {
         tracing::debug!(grid = %names.grid, error = %e, "grid view unavailable");
     }
@@ -92,7 +96,7 @@ pub async fn reconcile(dg: Arc<DeviceGrid>, ctx: Arc<Context>) -> Result<Action>
     let mut refused = None;
     let mut step = step;
     if let ScaleStep::Drain { member } = step {
-        match ctx.grid.drain(&names, member).await? {
+        match ctx.grid.drain(&names, &access, member).await? {
             DrainAnswer::Accepted => {}
             DrainAnswer::Refused(m) => refused = Some(m),
             DrainAnswer::NotAMember => {
@@ -166,13 +170,14 @@ where
         .await?)
 }
 
-/// Creates the grid's peer CA Secret when it does not exist. It is never applied again: a
-/// fresh CA on every pass would rotate it and members would no longer verify each other. A
-/// Secret created in between (another replica, or a user bringing their own CA) is kept.
-async fn ensure_peer_ca(client: &Client, dg: &DeviceGrid, names: &Names) -> Result<()> {
+/// Creates the grid's peer CA Secret when it does not exist, and returns the CA
+/// certificate (PEM). It is never applied again: a fresh CA on every pass would rotate it and
+/// members would no longer verify each other. A Secret created in between (another replica,
+/// or a user bringing their own CA) is kept.
+async fn ensure_peer_ca(client: &Client, dg: &DeviceGrid, names: &Names) -> Result<Vec<u8>> {
     let api: Api<Secret> = Api::namespaced(client.clone(), &names.namespace);
     if let Some(existing) = api.get_opt(&names.peer_ca()).await? {
-        let data = existing.data.unwrap_or_default();
+        let mut data = existing.data.unwrap_or_default();
         for key in [builders::PEER_CA_CERT, builders::PEER_CA_KEY] {
             if data.get(key).is_none_or(|v| v.0.is_empty()) {
                 return Err(Error::PeerCaIncomplete {
@@ -181,25 +186,129 @@ async fn ensure_peer_ca(client: &Client, dg: &DeviceGrid, names: &Names) -> Resu
                 });
             }
         }
-        return Ok(());
+        return Ok(data
+            .remove(builders::PEER_CA_CERT)
+            .map(|v| v.0)
+            .unwrap_or_default());
     }
-    let pem = devicegrid_pki::new_ca(&names.cluster(), PEER_CA_DAYS).map_err(Error::Pki)?;
+    let pem = devicegrid_pki::new_ca(&names.cluster(), devicegrid_pki::days(PEER_CA_DAYS))
+        .map_err(Error::Pki)?;
     let secret = builders::peer_ca_secret(dg, names, &pem)?;
+    if create_once(&api, &secret).await? {
+        tracing::info!(grid = %names.grid, secret = %names.peer_ca(), "created the peer CA");
+        return Ok(pem.cert.into_bytes());
+    }
+    // Another replica was first: use its CA.
+    Box::pin(ensure_peer_ca(client, dg, names)).await
+}
+
+/// Creates `secret` unless a Secret of that name exists; whether this call created it.
+async fn create_once(api: &Api<Secret>, secret: &Secret) -> Result<bool> {
     let params = PostParams {
         field_manager: Some(MANAGER.into()),
         ..PostParams::default()
     };
-    match api.create(&params, &secret).await {
-        Ok(_) => {
-            tracing::info!(grid = %names.grid, secret = %names.peer_ca(), "created the peer CA");
-            Ok(())
-        }
-        Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
+    match api.create(&params, secret).await {
+        Ok(_) => Ok(true),
+        Err(kube::Error::Api(e)) if e.code == 409 => Ok(false),
         Err(e) => Err(e.into()),
     }
 }
 
-/// Publishes an Event when the cause the status reports has changed.
+/// Reads key `key` of Secret `name`; `purpose` says in errors why it is needed.
+async fn secret_key(
+    api: &Api<Secret>,
+    name: &str,
+    key: &str,
+    purpose: &'static str,
+) -> Result<Vec<u8>> {
+    let unusable = |problem: String| Error::SecretUnusable {
+        secret: name.to_string(),
+        purpose,
+        problem,
+    };
+    let secret = api
+        .get_opt(name)
+        .await?
+        .ok_or_else(|| unusable("not found".into()))?;
+    secret
+        .data
+        .and_then(|mut d| d.remove(key))
+        .map(|v| v.0)
+        .filter(|v| !v.is_empty())
+        .ok_or_else(|| unusable(format!("has no {key:?}")))
+}
+
+/// How the operator reaches the grid's admin API: the CA its client port's certificate
+/// chains to (with `spec.tls`) and the admin token (with `spec.auth`; the operator makes
+/// `<grid>-admin` once when the spec names no Secret).
+async fn grid_access(
+    client: &Client,
+    dg: &DeviceGrid,
+    names: &Names,
+    peer_ca: Vec<u8>,
+) -> Result<Access> {
+    let api: Api<Secret> = Api::namespaced(client.clone(), &names.namespace);
+    let security = Security::of(dg, names);
+    let ca = match (security.tls(), security.tls_secret()) {
+        (false, _) => None,
+        (true, None) => Some(peer_ca),
+        (true, Some(name)) => {
+            // The member checks the certificate and key when it loads them; the operator
+            // needs the CA to trust.
+            for key in [builders::TLS_CERT, builders::TLS_KEY] {
+                secret_key(&api, name, key, "spec.tls.secretName").await?;
+            }
+            Some(secret_key(&api, name, builders::TLS_CA, "spec.tls.secretName").await?)
+        }
+    };
+    if let Some(name) = dg
+        .spec
+        .tls
+        .as_ref()
+        .and_then(|t| t.client_ca_secret_name.as_deref())
+    {
+        secret_key(&api, name, builders::TLS_CA, "spec.tls.clientCaSecretName").await?;
+    }
+    let token = match security.auth_secret() {
+        None => None,
+        Some(name) => {
+            let purpose = if dg
+                .spec
+                .auth
+                .as_ref()
+                .is_some_and(|a| a.secret_name.is_some())
+            {
+                "spec.auth.secretName"
+            } else {
+                "bootstrap admin token"
+            };
+            if name == names.admin() && api.get_opt(&name).await?.is_none() {
+                let token = devicegrid_pki::new_token().ok_or_else(|| Error::SecretUnusable {
+                    secret: name.clone(),
+                    purpose,
+                    problem: "the system's random source failed".into(),
+                })?;
+                if create_once(&api, &builders::admin_secret(dg, names, &token)?).await? {
+                    tracing::info!(grid = %names.grid, secret = %name, "created the admin token");
+                }
+            }
+            let raw = secret_key(&api, &name, builders::ADMIN_TOKEN, purpose).await?;
+            let token = String::from_utf8(raw)
+                .ok()
+                .map(|t| t.trim().to_string())
+                .filter(|t| t.len() >= 16 && !t.chars().any(char::is_whitespace))
+                .ok_or_else(|| Error::SecretUnusable {
+                    secret: name.clone(),
+                    purpose,
+                    problem: "the token must be 16 or more characters, without spaces".into(),
+                })?;
+            Some(token)
+        }
+    };
+    Ok(Access { ca, token })
+}
+
 async fn announce(ctx: &Context, dg: &DeviceGrid, old: &DeviceGridStatus, new: &DeviceGridStatus) {
     let headline = status::headline(new);
     if headline.reason == status::headline(old).reason {

@@ -146,15 +146,6 @@ pub fn build(o: &Observed<'_>) -> DeviceGridStatus {
             "GridUnreachable",
             "the grid's admin API does not answer".to_string(),
         ))
-    } else if o.grid.spec.tls.is_some() || o.grid.spec.auth.is_some() {
-        // Said, not silently dropped: these fields are not wired yet.
-        Some((
-            "SecurityNotApplied",
-            "spec.tls and spec.auth are not applied by this operator release: the client port \
-             is plaintext and unauthenticated (members always use mutual TLS between \
-             themselves)"
-                .to_string(),
-        ))
     } else {
         None
     };

@@ -8,10 +8,12 @@
 //! | [`new_ca`] | a self-signed CA for one grid (`devicegrid certs ca`, `devicegrid dev`, the operator) |
 //! | [`issue_member`] | a member certificate signed by that CA |
 //! | [`member_identity`] | the member a certificate names |
+//! | [`new_token`] | a random API token (admin API, the operator's bootstrap admin Secret) |
 //!
 //! Keys are ECDSA P-256; everything is PEM.
 
 use std::net::IpAddr;
+use std::time::Duration;
 
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
@@ -78,8 +80,13 @@ pub fn valid_cluster(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
 }
 
-/// A new self-signed CA for the grid `cluster`, valid for `days`.
-pub fn new_ca(cluster: &str, days: u32) -> Result<Pem, PkiError> {
+/// `n` days, for the lifetimes below.
+pub fn days(n: u32) -> Duration {
+    Duration::from_secs(u64::from(n) * 86_400)
+}
+
+/// A new self-signed CA for the grid `cluster`, valid for `lifetime`.
+pub fn new_ca(cluster: &str, lifetime: Duration) -> Result<Pem, PkiError> {
     if !valid_cluster(cluster) {
         return Err(PkiError::ClusterName(cluster.into()));
     }
@@ -87,7 +94,7 @@ pub fn new_ca(cluster: &str, days: u32) -> Result<Pem, PkiError> {
     params.distinguished_name = name(&format!("DeviceGrid CA {cluster}"));
     params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
     params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-    validity(&mut params, days);
+    validity(&mut params, lifetime);
     let key = KeyPair::generate()?;
     let cert = params.self_signed(&key)?;
     Ok(Pem {
@@ -96,14 +103,14 @@ pub fn new_ca(cluster: &str, days: u32) -> Result<Pem, PkiError> {
     })
 }
 
-/// A certificate for member `id` of `cluster`, signed by `ca`, valid for `days`, usable as
+/// A certificate for member `id` of `cluster`, signed by `ca`, valid for `lifetime`, usable as
 /// both TLS server and client; `hosts` (DNS names or IP addresses) are added as names.
 pub fn issue_member(
     ca: &Pem,
     cluster: &str,
     id: u64,
     hosts: &[String],
-    days: u32,
+    lifetime: Duration,
 ) -> Result<Pem, PkiError> {
     if !valid_cluster(cluster) {
         return Err(PkiError::ClusterName(cluster.into()));
@@ -129,7 +136,7 @@ pub fn issue_member(
         ExtendedKeyUsagePurpose::ServerAuth,
         ExtendedKeyUsagePurpose::ClientAuth,
     ];
-    validity(&mut params, days);
+    validity(&mut params, lifetime);
     let ca_key = KeyPair::from_pem(&ca.key)?;
     let issuer = Issuer::from_ca_cert_pem(&ca.cert, ca_key)?;
     let key = KeyPair::generate()?;
@@ -156,6 +163,16 @@ pub fn member_identity(der: &[u8]) -> Result<Option<MemberIdentity>, PkiError> {
         }))
 }
 
+/// A new random API token (`dgt_` and 64 hex digits: 256 bits from the system's secure
+/// random source); `None` if that source fails.
+pub fn new_token() -> Option<String> {
+    use ring::rand::SecureRandom;
+    let mut bytes = [0u8; 32];
+    ring::rand::SystemRandom::new().fill(&mut bytes).ok()?;
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    Some(format!("dgt_{hex}"))
+}
+
 fn name(common: &str) -> DistinguishedName {
     let mut dn = DistinguishedName::new();
     dn.push(DnType::CommonName, common);
@@ -163,14 +180,14 @@ fn name(common: &str) -> DistinguishedName {
     dn
 }
 
-fn validity(params: &mut CertificateParams, days: u32) {
+fn validity(params: &mut CertificateParams, lifetime: Duration) {
     let now = rcgen::date_time_ymd(1970, 1, 1)
         + std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap_or_default();
     // An hour of slack for clocks a little behind.
-    params.not_before = now - std::time::Duration::from_secs(3600);
-    params.not_after = now + std::time::Duration::from_secs(u64::from(days) * 86_400);
+    params.not_before = now - Duration::from_secs(3600);
+    params.not_after = now + lifetime;
 }
 
 #[cfg(test)]
@@ -186,13 +203,13 @@ mod tests {
 
     #[test]
     fn member_certificate_names_its_member() {
-        let ca = new_ca("grid-a", 30).expect("ca");
+        let ca = new_ca("grid-a", days(30)).expect("ca");
         let m = issue_member(
             &ca,
             "grid-a",
             7,
             &["127.0.0.1".into(), "m7.local".into()],
-            1,
+            days(1),
         )
         .expect("member");
         assert_eq!(
@@ -224,7 +241,7 @@ mod tests {
             assert_eq!(MemberIdentity::from_uri(bad), None, "{bad}");
         }
         assert!(matches!(
-            new_ca("bad name", 1),
+            new_ca("bad name", days(1)),
             Err(PkiError::ClusterName(_))
         ));
     }

@@ -20,9 +20,10 @@ use devicegrid_proto::ErrorCode;
 
 use super::ApiError;
 use crate::cluster::Grid;
-use crate::structures::auth::{new_token, token_sha256, Principal};
+use crate::structures::auth::{token_sha256, Principal};
 use crate::structures::meta::MetaCommand;
 use crate::{Error, Result};
+use devicegrid_pki::new_token;
 
 fn name(path: Result<Path<String>, PathRejection>) -> Result<String> {
     let Path(name) = path.map_err(|e| Error::bad_request(ErrorCode::InvalidPath, e.body_text()))?;

@@ -34,7 +34,7 @@ use tokio::net::TcpListener;
 use crate::cluster::Grid;
 use crate::structures::map::MAX_VALUE_BYTES;
 use crate::transport::server;
-use crate::transport::tls::client_port;
+use crate::transport::tls::{client_port, ClientPortCert};
 use crate::transport::{Admission, Limits};
 pub use error::ApiError;
 
@@ -127,9 +127,14 @@ async fn observe(State(grid): State<Arc<Grid>>, req: Request, next: Next) -> Res
 /// stops.
 pub async fn serve(grid: Arc<Grid>, client: TcpListener, peer: TcpListener) -> crate::Result<()> {
     let c = &grid.config;
-    let client_tls = match (&c.tls_cert, &c.tls_key) {
-        (Some(cert), Some(key)) => Some(client_port(cert, key, c.tls_client_ca.as_ref())?),
+    let cert = match (&c.tls_cert, &c.tls_key) {
+        (Some(cert), Some(key)) => Some(ClientPortCert::Files { cert, key }),
+        _ if c.tls_self_issued => Some(ClientPortCert::Member(grid.peer_tls.member_cert.clone())),
         _ => None,
+    };
+    let client_tls = match cert {
+        Some(cert) => Some(client_port(cert, c.tls_client_ca.as_ref())?),
+        None => None,
     };
     let header_timeout = Duration::from_millis(c.header_timeout_ms);
     let client_limits = Limits {

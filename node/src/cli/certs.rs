@@ -57,7 +57,7 @@ enum CertsAction {
 pub fn run(args: CertsArgs) -> anyhow::Result<()> {
     match args.action {
         CertsAction::Ca { cluster, out, days } => {
-            let ca = devicegrid_pki::new_ca(&cluster, days)?;
+            let ca = devicegrid_pki::new_ca(&cluster, devicegrid_pki::days(days))?;
             write_pair(&out, "ca", &ca)?;
             println!("{}", out.join("ca.crt").display());
         }
@@ -73,7 +73,13 @@ pub fn run(args: CertsArgs) -> anyhow::Result<()> {
                 anyhow::bail!("--id must be greater than 0");
             }
             let ca = read_ca(&ca_dir)?;
-            let pem = devicegrid_pki::issue_member(&ca, &cluster, id, &hosts, days)?;
+            let pem = devicegrid_pki::issue_member(
+                &ca,
+                &cluster,
+                id,
+                &hosts,
+                devicegrid_pki::days(days),
+            )?;
             write_pair(&out, &format!("member-{id}"), &pem)?;
             println!("{}", out.join(format!("member-{id}.crt")).display());
         }

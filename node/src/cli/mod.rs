@@ -103,9 +103,19 @@ struct ServeArgs {
     /// Private key (PEM) of --tls-cert.
     #[arg(long, env = "DEVICEGRID_TLS_KEY")]
     tls_key: Option<PathBuf>,
+    /// The client port serves TLS with the member's own certificate, issued from
+    /// --peer-ca-key (clients trust --peer-ca).
+    #[arg(long, env = "DEVICEGRID_TLS_SELF_ISSUED")]
+    tls_self_issued: Option<bool>,
+    /// Names the self-issued certificate carries besides the advertised hosts: name,...
+    #[arg(long, env = "DEVICEGRID_TLS_HOSTS", value_delimiter = ',')]
+    tls_hosts: Option<Vec<String>>,
     /// CA (PEM) of client certificates clients may present.
     #[arg(long, env = "DEVICEGRID_TLS_CLIENT_CA")]
     tls_client_ca: Option<PathBuf>,
+    /// Lifetime of self-issued certificates, s; renewed after two thirds [default: 2592000].
+    #[arg(long, env = "DEVICEGRID_CERT_LIFETIME_SECS")]
+    cert_lifetime_secs: Option<u64>,
     /// Peer connections served at once [default: 256].
     #[arg(long, env = "DEVICEGRID_MAX_PEER_CONNECTIONS")]
     max_peer_connections: Option<usize>,
@@ -197,6 +207,9 @@ impl ServeArgs {
             header_timeout_ms,
             rate_limit_per_second,
             auth_enabled,
+            tls_self_issued,
+            tls_hosts,
+            cert_lifetime_secs,
             data_dir,
             initial_members,
             partitions,

@@ -258,15 +258,24 @@ fn tls_files(config: &Config) -> Result<TlsFiles> {
             key: key.clone(),
         },
         (_, _, Some(ca_key)) => {
-            let advertised = config.peer_advertised();
-            let host = advertised
-                .rsplit_once(':')
-                .map_or(advertised.as_str(), |(h, _)| h)
-                .trim_matches(|c| c == '[' || c == ']')
-                .to_string();
+            let host = |addr: &str| {
+                addr.rsplit_once(':')
+                    .map_or(addr, |(h, _)| h)
+                    .trim_matches(|c| c == '[' || c == ']')
+                    .to_string()
+            };
+            let mut hosts = vec![host(&config.peer_advertised())];
+            if config.tls_self_issued {
+                // The client port serves this certificate too.
+                hosts.push(host(&config.advertised()));
+                hosts.extend(config.tls_hosts.iter().cloned());
+            }
+            hosts.sort();
+            hosts.dedup();
             MemberCert::IssueWith {
                 ca_key: ca_key.clone(),
-                hosts: vec![host],
+                hosts,
+                lifetime: Duration::from_secs(config.cert_lifetime_secs),
             }
         }
         _ => return Err(missing("peer_cert and peer_key, or peer_ca_key,")),

@@ -167,16 +167,6 @@ pub fn token_sha256(token: &str) -> String {
     d.as_ref().iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// A new random token (256 bits from the OS), `dgt_` and 64 hex digits; `None` when the
-/// OS has no randomness to give.
-pub fn new_token() -> Option<String> {
-    use ring::rand::SecureRandom;
-    let mut bytes = [0u8; 32];
-    ring::rand::SystemRandom::new().fill(&mut bytes).ok()?;
-    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    Some(format!("dgt_{hex}"))
-}
-
 /// A user as a request carries it: its name, roles and the grants they add up to.
 #[derive(Clone, Debug)]
 pub struct Principal {

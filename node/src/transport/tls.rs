@@ -6,13 +6,16 @@
 //! host names are not checked (members are reached by addresses that change with pods), the
 //! member identity is what counts.
 //!
-//! Certificates from files are reloaded when the files change ([`Reloading`], checked at
-//! most once a second, on handshakes): a rotated certificate is served without a restart. A
-//! file that does not load (half written, or naming another member) leaves the old
-//! certificate in place and is logged.
+//! Certificates come from a [`CertSource`]: files, reloaded when they change (checked at
+//! most once a second, on handshakes), so a rotated certificate is served without a restart
+//! (a file that does not load, half written or naming another member, leaves the old
+//! certificate in place and is logged); or issued by the member itself from the grid's CA
+//! key, issued again once two thirds of its lifetime have passed. The client port can serve
+//! the member's own certificate too ([`ClientPortCert::Member`]).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use devicegrid_pki::{member_identity, MemberIdentity, Pem};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
@@ -23,10 +26,6 @@ use rustls::server::{ParsedCertificate, WebPkiClientVerifier};
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, SignatureScheme};
 
 use crate::error::{Error, Result};
-
-/// Days a certificate the member issues for itself stays valid (it issues a new one at
-/// every start).
-const SELF_ISSUED_DAYS: u32 = 365;
 
 /// Where this member's peer certificates come from.
 #[derive(Clone, Debug)]
@@ -51,8 +50,11 @@ pub enum MemberCert {
     IssueWith {
         /// CA key (PEM).
         ca_key: PathBuf,
-        /// Names for the certificate besides the identity (the peer host).
+        /// Names for the certificate besides the identity (the peer host, and the client
+        /// port's names when it serves this certificate).
         hosts: Vec<String>,
+        /// Lifetime of each certificate issued; a new one after two thirds of it.
+        lifetime: Duration,
     },
 }
 
@@ -65,6 +67,9 @@ pub struct PeerTls {
     pub client: Arc<ClientConfig>,
     /// The grid these certificates belong to.
     pub cluster: String,
+    /// This member's certificate (also served on the client port with
+    /// [`ClientPortCert::Member`]).
+    pub member_cert: Arc<CertSource>,
 }
 
 fn tls_err(what: impl std::fmt::Display) -> Error {
@@ -85,32 +90,31 @@ impl PeerTls {
             cluster: cluster.into(),
             id,
         };
-        let (server_certs, client_certs): (
-            Arc<dyn rustls::server::ResolvesServerCert>,
-            Arc<dyn rustls::client::ResolvesClientCert>,
-        ) = match &files.member {
-            MemberCert::Files { cert, key } => {
-                let r =
-                    Reloading::new(cert.clone(), key.clone(), Some(identity), provider.clone())?;
-                (r.clone(), r)
-            }
-            MemberCert::IssueWith { ca_key, hosts } => {
+        let member_cert = Arc::new(match &files.member {
+            MemberCert::Files { cert, key } => CertSource::Files(Reloading::new(
+                cert.clone(),
+                key.clone(),
+                Some(identity),
+                provider.clone(),
+            )?),
+            MemberCert::IssueWith {
+                ca_key,
+                hosts,
+                lifetime,
+            } => {
                 let ca = Pem {
                     cert: String::from_utf8_lossy(&ca_pem).into_owned(),
                     key: String::from_utf8_lossy(&read(ca_key)?).into_owned(),
                 };
-                let pem = devicegrid_pki::issue_member(&ca, cluster, id, hosts, SELF_ISSUED_DAYS)
-                    .map_err(tls_err)?;
-                let key = Arc::new(certified_key(
-                    pem.cert.as_bytes(),
-                    pem.key.as_bytes(),
-                    Some(&identity),
-                    &provider,
-                )?);
-                let fixed = Arc::new(Fixed(key));
-                (fixed.clone(), fixed)
+                CertSource::Issued(SelfIssued::new(
+                    ca,
+                    identity,
+                    hosts.clone(),
+                    *lifetime,
+                    provider.clone(),
+                )?)
             }
-        };
+        });
         let client_verifier =
             WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone())
                 .build()
@@ -119,7 +123,7 @@ impl PeerTls {
             .with_safe_default_protocol_versions()
             .map_err(tls_err)?
             .with_client_cert_verifier(client_verifier)
-            .with_cert_resolver(server_certs);
+            .with_cert_resolver(member_cert.clone());
         let client = ClientConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()
             .map_err(tls_err)?
@@ -129,11 +133,12 @@ impl PeerTls {
                 cluster: cluster.into(),
                 provider,
             }))
-            .with_client_cert_resolver(client_certs);
+            .with_client_cert_resolver(member_cert.clone());
         Ok(PeerTls {
             server: Arc::new(server),
             client: Arc::new(client),
             cluster: cluster.into(),
+            member_cert,
         })
     }
 
@@ -146,31 +151,139 @@ impl PeerTls {
     }
 }
 
-/// A certificate issued at start, served as is.
+/// Where a served certificate comes from.
 #[derive(Debug)]
-struct Fixed(Arc<rustls::sign::CertifiedKey>);
+pub enum CertSource {
+    /// Files, reloaded when they change.
+    Files(Reloading),
+    /// Issued by this member from the grid's CA key, renewed before it expires.
+    Issued(SelfIssued),
+}
 
-impl rustls::server::ResolvesServerCert for Fixed {
+impl CertSource {
+    /// The certificate to present now.
+    pub fn current(&self) -> Arc<rustls::sign::CertifiedKey> {
+        match self {
+            CertSource::Files(r) => r.current(),
+            CertSource::Issued(s) => s.current(),
+        }
+    }
+}
+
+impl rustls::server::ResolvesServerCert for CertSource {
     fn resolve(
         &self,
         _hello: rustls::server::ClientHello<'_>,
     ) -> Option<Arc<rustls::sign::CertifiedKey>> {
-        Some(self.0.clone())
+        Some(self.current())
     }
 }
 
-impl rustls::client::ResolvesClientCert for Fixed {
+impl rustls::client::ResolvesClientCert for CertSource {
     fn resolve(
         &self,
         _root_hint_subjects: &[&[u8]],
         _sigschemes: &[SignatureScheme],
     ) -> Option<Arc<rustls::sign::CertifiedKey>> {
-        Some(self.0.clone())
+        Some(self.current())
     }
 
     fn has_certs(&self) -> bool {
         true
     }
+}
+
+/// A member certificate this member issues for itself from the grid's CA key, issued again
+/// once two thirds of its lifetime have passed (looked at on handshakes, at most once a
+/// second), so a member that runs for months never presents an expired certificate.
+#[derive(Debug)]
+pub struct SelfIssued {
+    ca: Pem,
+    identity: MemberIdentity,
+    hosts: Vec<String>,
+    lifetime: Duration,
+    provider: Arc<CryptoProvider>,
+    state: std::sync::Mutex<Issued>,
+}
+
+#[derive(Debug)]
+struct Issued {
+    key: Arc<rustls::sign::CertifiedKey>,
+    renew_at: Instant,
+    checked: Instant,
+}
+
+impl SelfIssued {
+    fn new(
+        ca: Pem,
+        identity: MemberIdentity,
+        hosts: Vec<String>,
+        lifetime: Duration,
+        provider: Arc<CryptoProvider>,
+    ) -> Result<SelfIssued> {
+        let first = issue(&ca, &identity, &hosts, lifetime, &provider)?;
+        Ok(SelfIssued {
+            ca,
+            identity,
+            hosts,
+            lifetime,
+            provider,
+            state: std::sync::Mutex::new(first),
+        })
+    }
+
+    /// The current certificate, issued again first if it is due.
+    pub fn current(&self) -> Arc<rustls::sign::CertifiedKey> {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        if now >= state.renew_at && now.duration_since(state.checked) >= RELOAD_CHECK {
+            state.checked = now;
+            match issue(
+                &self.ca,
+                &self.identity,
+                &self.hosts,
+                self.lifetime,
+                &self.provider,
+            ) {
+                Ok(next) => {
+                    *state = next;
+                    tracing::info!(
+                        lifetime_s = self.lifetime.as_secs(),
+                        "member certificate renewed"
+                    );
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "member certificate not renewed; serving the old one")
+                }
+            }
+        }
+        state.key.clone()
+    }
+}
+
+/// A certificate for `identity` signed by `ca`, due for renewal after two thirds of
+/// `lifetime`.
+fn issue(
+    ca: &Pem,
+    identity: &MemberIdentity,
+    hosts: &[String],
+    lifetime: Duration,
+    provider: &CryptoProvider,
+) -> Result<Issued> {
+    let pem = devicegrid_pki::issue_member(ca, &identity.cluster, identity.id, hosts, lifetime)
+        .map_err(tls_err)?;
+    let key = certified_key(
+        pem.cert.as_bytes(),
+        pem.key.as_bytes(),
+        Some(identity),
+        provider,
+    )?;
+    let now = Instant::now();
+    Ok(Issued {
+        key: Arc::new(key),
+        renew_at: now + lifetime * 2 / 3,
+        checked: now,
+    })
 }
 
 /// Accepts a server whose certificate chains to the grid's CA and names a member of this
@@ -278,7 +391,7 @@ impl Reloading {
         key: PathBuf,
         identity: Option<MemberIdentity>,
         provider: Arc<CryptoProvider>,
-    ) -> Result<Arc<Reloading>> {
+    ) -> Result<Reloading> {
         let stamp = stamp([&cert, &key]);
         let r = Reloading {
             state: std::sync::Mutex::new(Loaded {
@@ -291,7 +404,7 @@ impl Reloading {
             identity,
             provider,
         };
-        Ok(Arc::new(r))
+        Ok(r)
     }
 
     /// The current certificate, reloaded first if its files changed.
@@ -319,29 +432,6 @@ impl Reloading {
             }
         }
         state.key.clone()
-    }
-}
-
-impl rustls::server::ResolvesServerCert for Reloading {
-    fn resolve(
-        &self,
-        _hello: rustls::server::ClientHello<'_>,
-    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
-        Some(self.current())
-    }
-}
-
-impl rustls::client::ResolvesClientCert for Reloading {
-    fn resolve(
-        &self,
-        _root_hint_subjects: &[&[u8]],
-        _sigschemes: &[SignatureScheme],
-    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
-        Some(self.current())
-    }
-
-    fn has_certs(&self) -> bool {
-        true
     }
 }
 
@@ -394,20 +484,35 @@ fn certified_key(
     Ok(rustls::sign::CertifiedKey::new(chain, signer))
 }
 
-/// The client port's TLS: the certificate from files (reloaded on change); with
-/// `client_ca`, clients may present a certificate it signed (verified when presented).
+/// The certificate the client port serves.
+pub enum ClientPortCert<'a> {
+    /// From files (reloaded when they change).
+    Files {
+        /// Certificate (PEM).
+        cert: &'a Path,
+        /// Private key (PEM).
+        key: &'a Path,
+    },
+    /// This member's own certificate (issued from the grid's CA: clients trust that CA).
+    Member(Arc<CertSource>),
+}
+
+/// The client port's TLS; with `client_ca`, clients may present a certificate it signed
+/// (verified when presented).
 pub fn client_port(
-    cert: &std::path::Path,
-    key: &std::path::Path,
+    cert: ClientPortCert<'_>,
     client_ca: Option<&PathBuf>,
 ) -> Result<Arc<ServerConfig>> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let resolver = Reloading::new(
-        cert.to_path_buf(),
-        key.to_path_buf(),
-        None,
-        provider.clone(),
-    )?;
+    let resolver = match cert {
+        ClientPortCert::Files { cert, key } => Arc::new(CertSource::Files(Reloading::new(
+            cert.to_path_buf(),
+            key.to_path_buf(),
+            None,
+            provider.clone(),
+        )?)),
+        ClientPortCert::Member(source) => source,
+    };
     let builder = ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .map_err(tls_err)?;

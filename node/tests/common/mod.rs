@@ -58,7 +58,7 @@ impl TestGrid {
     /// A grid of `n` initial members, none started yet (see [`Self::spawn`]).
     pub fn new(n: usize, partitions: u32, extra: &[&str]) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
-        let ca = devicegrid_pki::new_ca("devicegrid", 30).expect("ca");
+        let ca = devicegrid_pki::new_ca("devicegrid", devicegrid_pki::days(30)).expect("ca");
         let pki = dir.path().join("pki");
         std::fs::create_dir_all(&pki).expect("pki dir");
         std::fs::write(pki.join("ca.crt"), &ca.cert).expect("ca.crt");

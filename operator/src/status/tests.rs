@@ -158,17 +158,6 @@ fn cases() -> Vec<Case> {
             message: None,
         },
         Case {
-            name: "client TLS or auth asked for",
-            given: |f| {
-                f.grid.spec.auth = Some(crate::crd::SecretReference {
-                    secret_name: "admin".into(),
-                })
-            },
-            phase: Phase::Degraded,
-            conditions: [AVAILABLE, STEADY, BALANCED, (true, "SecurityNotApplied")],
-            message: None,
-        },
-        Case {
             name: "scaling up",
             given: |f| f.step = ScaleStep::Grow { to: 5 },
             phase: Phase::Scaling,

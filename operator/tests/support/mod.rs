@@ -284,12 +284,24 @@ pub struct FakeGrid {
     pub view: ClusterView,
     pub drains: Vec<u64>,
     pub refuse: bool,
+    /// `Authorization` headers the cluster view was asked with.
+    pub authorizations: std::collections::BTreeSet<String>,
 }
 
 pub type Shared = Arc<Mutex<FakeGrid>>;
 
-async fn fake_cluster(State(g): State<Shared>) -> Json<ClusterView> {
-    Json(g.lock().expect("fake").view.clone())
+async fn fake_cluster(
+    State(g): State<Shared>,
+    headers: axum::http::HeaderMap,
+) -> Json<ClusterView> {
+    let mut g = g.lock().expect("fake");
+    if let Some(a) = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+    {
+        g.authorizations.insert(a.to_string());
+    }
+    Json(g.view.clone())
 }
 
 /// An error answer as members send it: the status decided by the code.

@@ -214,7 +214,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let file = check_layout(&args.data_dir, layout)?;
     let pki = args.data_dir.join("pki");
     if !pki.join("ca.crt").exists() {
-        let ca = devicegrid_pki::new_ca(DEV_CLUSTER, 3650)?;
+        let ca = devicegrid_pki::new_ca(DEV_CLUSTER, devicegrid_pki::days(3650))?;
         super::certs::write_pair(&pki, "ca", &ca)?;
     }
     let launcher = Launcher {
