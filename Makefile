@@ -5,7 +5,7 @@ DATA_DIR ?= .devicegrid
 BASE_PORT ?= 7001
 NODES ?= 3
 
-.PHONY: run test lint fmt toolchain build release bench bench-compare bench-rebalance clean lincheck crds charts k8s-tools images e2e e2e-kind cluster-build cluster-up cluster-down
+.PHONY: run test lint fmt toolchain build release bench bench-compare bench-rebalance clean lincheck crds charts k8s-tools go-cache-trim images e2e e2e-kind cluster-build cluster-up cluster-down
 
 ## run: build and start a local 3-member grid on 127.0.0.1:7001-7003 (data in ./.devicegrid)
 run: release
@@ -16,7 +16,7 @@ run: release
 ## (each stage prints its duration)
 test: toolchain
 	@scripts/stage.sh lint $(MAKE) --no-print-directory lint
-	@scripts/stage.sh tools $(MAKE) --no-print-directory lincheck k8s-tools cluster-build
+	@scripts/stage.sh tools $(MAKE) --no-print-directory lincheck k8s-tools cluster-build go-cache-trim
 	@scripts/stage.sh "cargo tests" $(CARGO) test --workspace --all-targets --exclude devicegrid-e2e
 	@scripts/stage.sh "doc tests" $(CARGO) test --workspace --doc
 	@scripts/stage.sh e2e e2e/run.sh local
@@ -32,6 +32,12 @@ k8s-tools:
 	scripts/etcd-bin.sh >/dev/null
 	scripts/k8s-bin.sh kube-apiserver >/dev/null
 	scripts/helm-bin.sh >/dev/null
+
+## go-cache-trim: drop Go's build cache once the Go tools are built: the binaries are cached
+## by themselves (rebuilt only when their go.mod, go.sum or flags change), and the cache holds
+## about 5 GB that only such a rebuild would use
+go-cache-trim:
+	c=$${DEVICEGRID_CACHE:-$(CURDIR)/.cache} && GOCACHE=$$c/go/build go clean -cache
 
 ## e2e: the end-to-end suite (e2e/tests) on a local single-node Kubernetes started from
 ## binaries built here (containerd, no Docker; needs root), images built with buildah; the

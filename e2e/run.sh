@@ -6,7 +6,9 @@
 # The images are built from node/Dockerfile and operator/Dockerfile, whose contexts
 # scripts/image-context.sh stages from the release binaries (built here first): with
 # buildah into the local cluster's containerd, or with docker and `kind load` for kind.
-# E2E_KEEP_CLUSTER=1 leaves the cluster up for a look after a failure.
+# E2E_KEEP_CLUSTER=1 leaves the cluster up for a look after a failure. The suite talks to the
+# grid's ClusterIP and pod IPs: on the local cluster this machine is the node; for kind,
+# routes through the kind node are added.
 set -euo pipefail
 
 die() { echo "e2e/run.sh: $*" >&2; exit 1; }
@@ -89,6 +91,13 @@ kind)
   # Nodes are containers: commands for a node run in it; kind nodes have crictl.
   export E2E_NODE_EXEC="docker exec {node}"
   export E2E_CRICTL=crictl
+  # The suite reaches the grid's ClusterIP and pod IPs (kind's default CIDRs) through the
+  # node container, whose kube-proxy routes them (needs root for `ip route`).
+  node_ip=$(docker inspect -f '{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}' "$cluster-control-plane")
+  [[ -n $node_ip ]] || die "cannot find the IP of kind node $cluster-control-plane"
+  for cidr in 10.96.0.0/16 10.244.0.0/16; do
+    ip route replace "$cidr" via "$node_ip" || die "ip route replace $cidr via $node_ip failed (root needed)"
+  done
   ;;
 esac
 

@@ -24,10 +24,6 @@ impl Diag {
         let ns = self.namespace.as_str();
         let op = self.operator_namespace.as_str();
         let mut out = String::from("\n===== diagnostics =====\n");
-        let cluster_view = format!(
-            "/api/v1/namespaces/{ns}/services/{}:7001/proxy/v1/cluster",
-            self.grid
-        );
         let deploy = "deploy/devicegrid-operator";
         let sections: Vec<(&str, Vec<&str>)> = vec![
             (
@@ -40,7 +36,6 @@ impl Diag {
                 "StatefulSets",
                 vec!["get", "statefulsets", "-n", ns, "-o", "yaml"],
             ),
-            ("the grid's own view", vec!["get", "--raw", &cluster_view]),
             (
                 "events",
                 vec![

@@ -1,14 +1,16 @@
-//! The grid's HTTP API through its client Service.
-//!
-//! Requests go through the API server's service proxy
-//! (`/api/v1/namespaces/NS/services/NAME:7001/proxy/...`): the API server picks one of the
-//! Service's ready endpoints, as a client inside the cluster would get through kube-proxy,
-//! and the suite needs no route to pod IPs (true on kind as on the local cluster).
+//! The grid's HTTP API through its client Service, as a client in the cluster reaches it:
+//! HTTPS to the Service's ClusterIP (kube-proxy picks a ready member), verifying the
+//! certificate against the grid's CA (Secret `<grid>-peer-ca`) under the Service's DNS name,
+//! with the bootstrap admin token (Secret `<grid>-admin`) as bearer token. The suite's
+//! machine needs a route to ClusterIPs and pod IPs: it is the node of the local cluster;
+//! `e2e/run.sh kind` adds routes through the kind node. (The API server's service proxy
+//! would not do: it drops the `Authorization` header.)
 //!
 //! Requests and answers are the wire contract's types ([`devicegrid_proto`]), so the suite
 //! reads exactly what members serve.
 
 use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,7 +19,8 @@ use anyhow::{anyhow, bail, Context, Result};
 use devicegrid_proto::maps::{BatchGet, BatchGetResults, BatchPut, BatchPutEntry, BatchPutResults};
 use devicegrid_proto::views::{ClusterView, MemberView};
 use devicegrid_proto::{ErrorDetail, MemberState};
-use kube::Client;
+use k8s_openapi::api::core::v1::{Secret, Service};
+use kube::{Api, Client};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::value::RawValue;
@@ -25,12 +28,17 @@ use serde_json::{json, Value};
 
 /// The map the suite writes devices to.
 pub const MAP: &str = "devices";
+/// The members' client port.
+pub const PORT: u16 = 7001;
 
 /// A grid's API through its client Service.
 #[derive(Clone)]
 pub struct Grid {
-    client: Client,
+    http: reqwest::Client,
     base: String,
+    token: Option<String>,
+    /// The grid's CA certificate (PEM).
+    pub ca: Vec<u8>,
 }
 
 /// The outcome of one write in a batch.
@@ -47,40 +55,105 @@ fn describe(e: &ErrorDetail) -> String {
     serde_json::to_string(e).unwrap_or_else(|_| format!("{}: {}", e.code, e.message))
 }
 
+/// Key `key` of Secret `name`.
+async fn secret_key(secrets: &Api<Secret>, name: &str, key: &str) -> Result<Vec<u8>> {
+    let secret = secrets
+        .get_opt(name)
+        .await?
+        .ok_or_else(|| anyhow!("no Secret {name} yet"))?;
+    secret
+        .data
+        .and_then(|mut d| d.remove(key))
+        .map(|v| v.0)
+        .ok_or_else(|| anyhow!("Secret {name} has no {key:?}"))
+}
+
 impl Grid {
-    /// The grid `name` in `namespace` (its client Service has the grid's name).
-    pub fn new(client: Client, namespace: &str, name: &str) -> Grid {
+    /// The grid `name` in `namespace`: its client Service (named like the grid), CA and
+    /// admin token. Fails until the operator has made them.
+    pub async fn connect(client: &Client, namespace: &str, name: &str) -> Result<Grid> {
+        let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
+        let ca = secret_key(&secrets, &format!("{name}-peer-ca"), "ca.crt").await?;
+        let token = secret_key(&secrets, &format!("{name}-admin"), "token").await?;
+        let token = String::from_utf8(token).context("the admin token")?;
+        let services: Api<Service> = Api::namespaced(client.clone(), namespace);
+        let ip: IpAddr = services
+            .get(name)
+            .await?
+            .spec
+            .and_then(|s| s.cluster_ip)
+            .ok_or_else(|| anyhow!("Service {name} has no ClusterIP yet"))?
+            .parse()
+            .context("the Service's ClusterIP")?;
+        let host = format!("{name}.{namespace}.svc");
+        let http = reqwest::Client::builder()
+            .add_root_certificate(reqwest::Certificate::from_pem(&ca)?)
+            .tls_built_in_root_certs(false)
+            .resolve(&host, SocketAddr::new(ip, PORT))
+            .timeout(Duration::from_secs(30))
+            .build()?;
+        Ok(Grid {
+            http,
+            base: format!("https://{host}:{PORT}"),
+            token: Some(token),
+            ca,
+        })
+    }
+
+    /// The same grid without the token.
+    pub fn anonymous(&self) -> Grid {
         Grid {
-            client,
-            base: format!("/api/v1/namespaces/{namespace}/services/{name}:7001/proxy"),
+            token: None,
+            ..self.clone()
         }
     }
 
     async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
-        self.call("GET", path, Vec::new()).await
+        self.call(reqwest::Method::GET, path, Vec::new()).await
     }
 
     async fn post<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T> {
-        self.call("POST", path, serde_json::to_vec(body)?).await
+        self.call(reqwest::Method::POST, path, serde_json::to_vec(body)?)
+            .await
+    }
+
+    /// One request; its status and body.
+    pub async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Vec<u8>,
+    ) -> Result<(reqwest::StatusCode, String)> {
+        let mut request = self
+            .http
+            .request(method.clone(), format!("{}{path}", self.base))
+            .header("content-type", "application/json")
+            .body(body);
+        if let Some(t) = &self.token {
+            request = request.bearer_auth(t);
+        }
+        let answer = request
+            .send()
+            .await
+            .with_context(|| format!("{method} {path}"))?;
+        let status = answer.status();
+        let text = answer
+            .text()
+            .await
+            .with_context(|| format!("{method} {path}"))?;
+        Ok((status, text))
     }
 
     async fn call<T: DeserializeOwned>(
         &self,
-        method: &str,
+        method: reqwest::Method,
         path: &str,
         body: Vec<u8>,
     ) -> Result<T> {
-        let uri = format!("{}{path}", self.base);
-        let request = http::Request::builder()
-            .method(method)
-            .uri(&uri)
-            .header("content-type", "application/json")
-            .body(body)?;
-        let call = self.client.request_text(request);
-        let text = tokio::time::timeout(Duration::from_secs(30), call)
-            .await
-            .map_err(|_| anyhow!("{method} {path}: no answer within 30 s"))?
-            .with_context(|| format!("{method} {path}"))?;
+        let (status, text) = self.send(method.clone(), path, body).await?;
+        if !status.is_success() {
+            bail!("{method} {path}: {status}: {text}");
+        }
         serde_json::from_str(&text).with_context(|| format!("{method} {path}: {text}"))
     }
 

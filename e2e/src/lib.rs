@@ -7,8 +7,8 @@
 //! - [`settings`]: what the suite needs to know about the cluster, from the environment
 //!   (images, kubectl and helm binaries, how to run a command on a node)
 //! - [`tools`]: kubectl, helm and node commands with deadlines and their output in errors
-//! - [`grid`]: the grid's HTTP API reached through its client Service (the API server's
-//!   service proxy), and a writer that records every acknowledged write
+//! - [`grid`]: the grid's HTTP API reached through its client Service (HTTPS with the grid's
+//!   CA and admin token), and a writer that records every acknowledged write
 //! - [`checks`]: what each step waits for: a settled grid (its own view and the DeviceGrid's
 //!   status agree), a pod back after a restart, acknowledged writes and devices intact
 //! - [`diag`]: what a failed step prints: the grid's status, pods, volumes, events and log

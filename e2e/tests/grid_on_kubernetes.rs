@@ -56,6 +56,8 @@ spec:
     requests:
       cpu: 100m
       memory: 128Mi
+  tls: {{}}
+  auth: {{}}
 "#,
         image = s.node_image
     )
@@ -144,8 +146,25 @@ async fn grid_lifecycle_on_kubernetes() -> Result<()> {
     let grids: Api<DeviceGrid> = Api::namespaced(client.clone(), NS);
     let pods: Api<Pod> = Api::namespaced(client.clone(), NS);
     let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), NS);
-    let grid = Grid::new(client.clone(), NS, GRID);
+    let grid = until(
+        &diag,
+        minutes(2),
+        "the grid's Service, CA and admin token",
+        || async {
+            Grid::connect(&client, NS, GRID)
+                .await
+                .map_err(|e| format!("{e:#}"))
+        },
+    )
+    .await?;
     settled(&diag, &grids, GRID, &grid, 3, minutes(6)).await?;
+    let refused = strangers_are_refused(&grid, &pods, &client).await;
+    step(
+        &diag,
+        "requests without a token and peers without a member certificate",
+        refused,
+    )
+    .await?;
 
     // 10,000 devices through the client Service.
     let keys: Vec<String> = (0..DEVICES).map(|i| format!("device-{i:05}")).collect();
@@ -476,5 +495,85 @@ async fn grid_lifecycle_on_kubernetes() -> Result<()> {
 async fn scale(s: &Settings, n: u32) -> Result<()> {
     let to = format!("--replicas={n}");
     kubectl(s, &["scale", "-n", NS, &format!("devicegrid/{GRID}"), &to]).await?;
+    Ok(())
+}
+
+/// The grid runs with TLS and authentication: a request without a token is refused with 401
+/// `unauthenticated`, and the peer port refuses a TLS client without a member certificate
+/// of this grid (none, or one from another CA naming a made-up member), while a certificate
+/// from the grid's own CA gets through the handshake (so the refusals are not the network's).
+async fn strangers_are_refused(grid: &Grid, pods: &Api<Pod>, client: &Client) -> Result<()> {
+    let (status, body) = grid
+        .anonymous()
+        .send(
+            reqwest::Method::GET,
+            "/v1/maps/devices/device-00001",
+            Vec::new(),
+        )
+        .await?;
+    ensure!(
+        status == reqwest::StatusCode::UNAUTHORIZED && body.contains("unauthenticated"),
+        "a request without a token got {status}: {body}"
+    );
+    let (status, body) = grid
+        .send(reqwest::Method::GET, "/v1/auth/whoami", Vec::new())
+        .await?;
+    ensure!(
+        status.is_success() && body.contains("admin"),
+        "the admin token: {status}: {body}"
+    );
+
+    let pod = pods.get(&format!("{GRID}-0")).await?;
+    let ip = pod
+        .status
+        .and_then(|s| s.pod_ip)
+        .context("member pod without an IP")?;
+    let url = format!("https://{ip}:7101/internal/v1/peer");
+    let cluster = format!("{NS}.{GRID}");
+    let peer_call = |identity: Option<devicegrid_pki::Pem>| {
+        let url = url.clone();
+        async move {
+            let mut b = reqwest::Client::builder()
+                .danger_accept_invalid_certs(true)
+                .timeout(Duration::from_secs(10));
+            if let Some(p) = identity {
+                b = b.identity(reqwest::Identity::from_pem(
+                    format!("{}{}", p.cert, p.key).as_bytes(),
+                )?);
+            }
+            let answer = b.build()?.post(&url).body(Vec::new()).send().await;
+            anyhow::Ok(answer.map(|r| r.status()))
+        }
+    };
+    let lifetime = devicegrid_pki::days(1);
+    let stranger_ca = devicegrid_pki::new_ca(&cluster, lifetime)?;
+    let stranger = devicegrid_pki::issue_member(&stranger_ca, &cluster, 99, &[], lifetime)?;
+    for (who, identity) in [
+        ("no certificate", None),
+        ("another CA's member 99", Some(stranger)),
+    ] {
+        if let Ok(status) = peer_call(identity).await? {
+            bail!("the peer port answered {status} to a client with {who}");
+        }
+    }
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(client.clone(), NS);
+    let ca_secret = secrets.get(&format!("{GRID}-peer-ca")).await?;
+    let key = |k: &str| {
+        ca_secret
+            .data
+            .as_ref()
+            .and_then(|d| d.get(k))
+            .map(|v| String::from_utf8_lossy(&v.0).into_owned())
+            .with_context(|| format!("peer CA Secret without {k}"))
+    };
+    let ca = devicegrid_pki::Pem {
+        cert: key("ca.crt")?,
+        key: key("ca.key")?,
+    };
+    let member = devicegrid_pki::issue_member(&ca, &cluster, 2, &[], lifetime)?;
+    match peer_call(Some(member)).await? {
+        Ok(status) => eprintln!("e2e: the peer port answered {status} to a grid certificate"),
+        Err(e) => bail!("the peer port refused a certificate from the grid's CA: {e:#}"),
+    }
     Ok(())
 }
