@@ -1,8 +1,9 @@
 //! A disk that fills up and frees again, on a tmpfs the test mounts over a member's data
-//! directory (its log file included): once free space falls below the reserve, writes are
-//! answered 507 `insufficient_storage` at once and nothing of them is stored, reads are
-//! still served, `/healthz` reports the low disk with every Raft group running; when space
-//! comes back the member takes writes again without a restart. Needs root (mount).
+//! directory (its log file included): the member's own large writes are refused with 507
+//! `insufficient_storage` before they reach the reserve (charged between measurements) and
+//! nothing of them is stored; reads are still served; once free space falls below the
+//! reserve, `/healthz` reports the low disk with every Raft group running; when space comes
+//! back the member takes writes again without a restart. Needs root (mount).
 
 mod common;
 
@@ -70,6 +71,30 @@ async fn a_full_disk_refuses_writes_serves_reads_and_recovers_by_itself() {
         let filler = data.join("filler");
         let fill = free_bytes(&data).saturating_sub(RESERVE + 4 * 1024 * 1024);
         std::fs::write(&filler, vec![7u8; fill as usize]).expect("filler");
+        // The member measures its disk twice a second: wait until it has seen the filler
+        // (its own writes it charges at once, someone else's only when it measures).
+        let health_url = format!("{}/healthz", grid.url(1));
+        until(
+            Duration::from_secs(10),
+            Duration::from_millis(100),
+            || async {
+                let h: Value = grid
+                    .http
+                    .get(&health_url)
+                    .send()
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .json()
+                    .await
+                    .map_err(|e| e.to_string())?;
+                match h["disk_free_bytes"].as_u64() {
+                    Some(free) if free < RESERVE + 5 * 1024 * 1024 => Ok(()),
+                    other => Err(format!("disk_free_bytes {other:?}")),
+                }
+            },
+        )
+        .await
+        .expect("the member sees the filled disk");
         let big = json!({ "blob": "x".repeat(256 * 1024) });
         let url = |k: &str| format!("{}/v1/maps/devices/{k}", grid.url(1));
         let mut refused = None;
@@ -99,19 +124,46 @@ async fn a_full_disk_refuses_writes_serves_reads_and_recovers_by_itself() {
         assert_eq!(gone.status(), 404);
         let kept = grid.http.get(url("kept")).send().await.expect("get");
         assert_eq!(kept.status(), 200);
-        let health = grid
+
+        // The disk goes below the reserve (someone else's file grows): /healthz says so, with
+        // every Raft group running, and writes are refused.
+        let more = free_bytes(&data).saturating_sub(RESERVE / 2);
+        std::fs::write(data.join("filler-2"), vec![7u8; more as usize]).expect("filler");
+        let health = until(
+            Duration::from_secs(10),
+            Duration::from_millis(100),
+            || async {
+                let r = grid
+                    .http
+                    .get(&health_url)
+                    .send()
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let status = r.status();
+                let h: Value = r.json().await.map_err(|e| e.to_string())?;
+                if h["storage"] == "low" {
+                    Ok((status, h))
+                } else {
+                    Err(h.to_string())
+                }
+            },
+        )
+        .await
+        .expect("storage reported low");
+        assert_eq!(health.0, 200, "every group still runs: {}", health.1);
+        assert_eq!(health.1["groups_stopped"], json!([]));
+        let small = grid
             .http
-            .get(format!("{}/healthz", grid.url(1)))
+            .put(url("small"))
+            .json(&json!({"fw": "1.1"}))
             .send()
             .await
-            .expect("health");
-        assert_eq!(health.status(), 200, "every group still runs");
-        let health: Value = health.json().await.expect("json");
-        assert_eq!(health["storage"], "low", "{health}");
-        assert_eq!(health["groups_stopped"], json!([]));
+            .expect("answered");
+        assert_eq!(small.status(), 507);
 
         // Space comes back: writes are taken again, no restart.
         std::fs::remove_file(&filler).expect("free space");
+        std::fs::remove_file(data.join("filler-2")).expect("free space");
         until(
             Duration::from_secs(30),
             Duration::from_millis(300),

@@ -239,8 +239,8 @@ fn handoff_target(h: &AtomicU64) -> Option<NodeId> {
     Some(h.load(Ordering::SeqCst)).filter(|t| *t != 0)
 }
 
-/// Approximate encoded size of an operation, for the entry size cap.
-fn op_bytes(op: &MapOp) -> usize {
+/// Approximate encoded size of an operation, for the entry size cap and the disk reserve.
+pub fn op_bytes(op: &MapOp) -> usize {
     let (map, key) = op.target();
     let body = match op {
         MapOp::Put { value, .. } => value.len(),

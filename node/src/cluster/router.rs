@@ -285,7 +285,13 @@ impl Router {
             }
         }
         match call {
-            Call::Write(_) if self.groups.storage().space.low() => {
+            Call::Write(ops)
+                if !self.groups.storage().space.admit(
+                    ops.iter()
+                        .map(|op| crate::cluster::group::op_bytes(op) as u64)
+                        .sum(),
+                ) =>
+            {
                 let space = &self.groups.storage().space;
                 Err(Error::Refused {
                     code: ErrorCode::InsufficientStorage,
