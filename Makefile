@@ -104,7 +104,8 @@ release:
 ## bench: both benchmarks below
 bench: bench-compare bench-rebalance
 
-## bench-compare: DeviceGrid vs etcd (3 members each, loopback); etcd is built once into .cache
+## bench-compare: DeviceGrid vs etcd and Hazelcast 5.x (3 members each, loopback); etcd and the
+## Hazelcast members and load generator (bench/hazelcast, Maven) are built once into .cache
 bench-compare:
 	$(CARGO) build --release -p devicegrid-node -p devicegrid-bench
 	scripts/etcd-bin.sh >/dev/null

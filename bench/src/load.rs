@@ -34,24 +34,50 @@ impl FromStr for Op {
 }
 
 /// What one cell measured.
+#[derive(Clone, Debug, Default)]
 pub struct Outcome {
-    /// Latencies of successful requests, microseconds.
-    pub hist: Histogram<u64>,
+    /// Successful requests.
+    pub ops: u64,
     /// Failed requests.
     pub errors: u64,
     /// Wall time of the cell.
     pub elapsed: Duration,
+    /// Latency of successful requests at p50, p99 and p99.9, microseconds.
+    pub percentiles: [u64; 3],
+    /// CPU seconds the system's members used during the cell, when measured.
+    pub cpu_secs: Option<f64>,
 }
 
 impl Outcome {
-    /// Successful operations per second.
-    pub fn ops_per_sec(&self) -> f64 {
-        self.hist.len() as f64 / self.elapsed.as_secs_f64()
+    /// The outcome of `hist` (latencies of successful requests, microseconds).
+    pub fn of(hist: &Histogram<u64>, errors: u64, elapsed: Duration) -> Self {
+        Outcome {
+            ops: hist.len(),
+            errors,
+            elapsed,
+            percentiles: [50.0, 99.0, 99.9].map(|q| hist.value_at_quantile(q / 100.0)),
+            cpu_secs: None,
+        }
     }
 
-    /// Latency percentile in microseconds.
+    /// Successful operations per second.
+    pub fn ops_per_sec(&self) -> f64 {
+        self.ops as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+
+    /// Latency percentile in microseconds: `q` is 50, 99 or 99.9.
     pub fn p(&self, q: f64) -> u64 {
-        self.hist.value_at_quantile(q / 100.0)
+        match q {
+            q if q <= 50.0 => self.percentiles[0],
+            q if q <= 99.0 => self.percentiles[1],
+            _ => self.percentiles[2],
+        }
+    }
+
+    /// CPU seconds of the members per 1,000 successful operations, when measured.
+    pub fn cpu_per_1000(&self) -> Option<f64> {
+        let cpu = self.cpu_secs?;
+        (self.ops > 0).then(|| cpu * 1000.0 / self.ops as f64)
     }
 
     /// One line for progress output.
@@ -135,9 +161,5 @@ pub async fn run_until(
     for h in futures::future::join_all(tasks).await.into_iter().flatten() {
         let _ = hist.add(h);
     }
-    Outcome {
-        hist,
-        errors: errors.load(Ordering::Relaxed),
-        elapsed: start.elapsed(),
-    }
+    Outcome::of(&hist, errors.load(Ordering::Relaxed), start.elapsed())
 }

@@ -20,7 +20,8 @@ pub struct Usage {
 }
 
 impl Usage {
-    fn of(pids: &[u32]) -> anyhow::Result<Self> {
+    /// Usage of `pids` now.
+    pub fn of(pids: &[u32]) -> anyhow::Result<Self> {
         let tick = 100.0; // USER_HZ on Linux
         let mut u = Usage::default();
         for pid in pids {
