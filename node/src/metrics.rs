@@ -3,6 +3,7 @@
 //! Request counters and latency histograms are updated as requests finish; Raft gauges are
 //! read from the groups when scraped.
 
+use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -54,6 +55,9 @@ pub struct Metrics {
     moves: Family<MoveLabels, Gauge>,
     moves_finished: Gauge,
     move_steps: Family<MoveLabels, Gauge>,
+    log_syncs: Counter,
+    log_synced_writes: Counter,
+    log_sync_seconds: Counter<f64, AtomicU64>,
 }
 
 /// Labels of move gauges.
@@ -165,7 +169,27 @@ impl Metrics {
             "Moves and leadership handoffs this member runs as partition leader, by phase",
             move_steps.clone(),
         );
+        let (log_syncs, log_synced_writes) = (Counter::default(), Counter::default());
+        let log_sync_seconds = Counter::<f64, AtomicU64>::default();
+        registry.register(
+            "log_syncs",
+            "Group-commit syncs of the Raft logs of every group (sled's flush, then fdatasync)",
+            log_syncs.clone(),
+        );
+        registry.register(
+            "log_synced_writes",
+            "Log appends and votes made durable by those syncs (per sync: this / log_syncs)",
+            log_synced_writes.clone(),
+        );
+        registry.register(
+            "log_sync_seconds",
+            "Time spent in those syncs",
+            log_sync_seconds.clone(),
+        );
         Metrics {
+            log_syncs,
+            log_synced_writes,
+            log_sync_seconds,
             moves,
             moves_finished,
             move_steps,
@@ -241,6 +265,18 @@ impl Metrics {
                 .set(n as i64);
         }
         self.moves_finished.set(stats.moves_finished as i64);
+        // Counters follow the flusher's own totals.
+        self.log_syncs
+            .inc_by(stats.log_syncs.saturating_sub(self.log_syncs.get()));
+        self.log_synced_writes.inc_by(
+            stats
+                .log_synced_writes
+                .saturating_sub(self.log_synced_writes.get()),
+        );
+        let seconds = stats.log_sync_seconds - self.log_sync_seconds.get();
+        if seconds > 0.0 {
+            self.log_sync_seconds.inc_by(seconds);
+        }
         self.move_steps.clear();
         for phase in &stats.move_phases {
             self.move_steps
@@ -298,4 +334,10 @@ pub struct GridStats {
     pub moves_finished: u64,
     /// Phases of the moves this member carries out.
     pub move_phases: Vec<String>,
+    /// Group-commit syncs of the Raft logs since the member started.
+    pub log_syncs: u64,
+    /// Log appends and votes those syncs made durable.
+    pub log_synced_writes: u64,
+    /// Time spent in those syncs, seconds.
+    pub log_sync_seconds: f64,
 }

@@ -237,6 +237,12 @@ impl Grid {
             .filter(|m| now.saturating_sub(m.started_ms) > self.config.move_stalled_after_ms)
             .count();
         stats.moves_finished = meta.moves_finished;
+        let log = self.storage.flusher.counts();
+        (
+            stats.log_syncs,
+            stats.log_synced_writes,
+            stats.log_sync_seconds,
+        ) = (log.syncs, log.writes, log.sync_seconds);
         stats.move_phases = self
             .views
             .report()

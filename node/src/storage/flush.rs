@@ -1,10 +1,19 @@
-//! Group commit: one `fsync` serves every append and vote that is waiting for one.
+//! Group commit: one sync serves every append and vote that is waiting for one.
 //!
 //! The flusher is a dedicated OS thread calling sled's blocking `flush`: `flush_async`
 //! hands each flush to sled's thread pool, which under load costs more in thread wake-ups
-//! than the flush itself.
+//! than the flush itself. On Linux sled's flush ends in `sync_file_range`, which neither
+//! flushes the drive's write cache nor records the file's new size, and it never syncs the
+//! separate files it keeps large values in (`blobs/`); so after it the flusher calls
+//! `fdatasync` on sled's log file and on blob files written since its last sync, and syncs
+//! the blob directory ([`SyncFiles`]). Only then are the waiters told their writes are
+//! durable.
 
-use std::sync::mpsc;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::Instant;
 
 use tokio::sync::oneshot;
 
@@ -21,12 +30,87 @@ pub struct FlushError(String);
 #[derive(Clone)]
 pub struct Flusher {
     tx: mpsc::Sender<Done>,
+    stats: Arc<FlushStats>,
+}
+
+/// What the flusher did since the member started.
+#[derive(Debug, Default)]
+pub struct FlushStats {
+    syncs: AtomicU64,
+    writes: AtomicU64,
+    sync_nanos: AtomicU64,
+}
+
+/// A reading of [`FlushStats`].
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct FlushCounts {
+    /// Syncs (sled's flush and the file syncs after it).
+    pub syncs: u64,
+    /// Log appends, votes and other writes those syncs made durable.
+    pub writes: u64,
+    /// Time spent syncing, seconds.
+    pub sync_seconds: f64,
+}
+
+/// The files of a sled database that its own flush leaves unsynced.
+pub struct SyncFiles {
+    /// sled's log (`<dir>/db`).
+    log: File,
+    /// Where sled keeps values too large for its log (`<dir>/blobs`).
+    blobs: PathBuf,
+    /// The highest blob (they are named by log sequence number) synced so far.
+    synced_blob: u64,
+}
+
+impl SyncFiles {
+    /// The files of the sled database in `dir`.
+    pub fn open(dir: &Path) -> std::io::Result<SyncFiles> {
+        Ok(SyncFiles {
+            log: File::open(dir.join("db"))?,
+            blobs: dir.join("blobs"),
+            synced_blob: 0,
+        })
+    }
+
+    /// Makes what sled wrote so far durable.
+    fn sync(&mut self) -> std::io::Result<()> {
+        self.log.sync_data()?;
+        let mut newest = self.synced_blob;
+        for entry in std::fs::read_dir(&self.blobs)? {
+            let entry = entry?;
+            let Some(lsn) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<u64>().ok())
+            else {
+                continue;
+            };
+            if lsn <= self.synced_blob {
+                continue;
+            }
+            match File::open(entry.path()).and_then(|f| f.sync_data()) {
+                Ok(()) => newest = newest.max(lsn),
+                // Collected by sled in the meantime: nothing to keep.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+        }
+        if newest > self.synced_blob {
+            // The new files' directory entries.
+            File::open(&self.blobs)?.sync_all()?;
+            self.synced_blob = newest;
+        }
+        Ok(())
+    }
 }
 
 impl Flusher {
-    /// Starts the flusher thread for `db`. It ends when every handle is dropped.
-    pub fn spawn(db: sled::Db) -> Self {
+    /// Starts the flusher thread for `db`; after each flush it syncs `files` (none for a
+    /// temporary database). It ends when every handle is dropped.
+    pub fn spawn(db: sled::Db, mut files: Option<SyncFiles>) -> Self {
         let (tx, rx) = mpsc::channel::<Done>();
+        let stats = Arc::new(FlushStats::default());
+        let counted = stats.clone();
         let spawned = std::thread::Builder::new()
             .name("sled-flusher".into())
             .spawn(move || {
@@ -38,10 +122,21 @@ impl Flusher {
                         Limits::UNBOUNDED,
                     );
                     // Everything written before the requests above is covered by this flush.
+                    let started = Instant::now();
                     let result = db
                         .flush()
                         .map(|_| ())
-                        .map_err(|e| FlushError(e.to_string()));
+                        .map_err(|e| FlushError(e.to_string()))
+                        .and_then(|()| match files.as_mut() {
+                            Some(f) => f.sync().map_err(|e| FlushError(format!("sync: {e}"))),
+                            None => Ok(()),
+                        });
+                    let took = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+                    counted.syncs.fetch_add(1, Ordering::Relaxed);
+                    counted
+                        .writes
+                        .fetch_add(waiting.len() as u64, Ordering::Relaxed);
+                    counted.sync_nanos.fetch_add(took, Ordering::Relaxed);
                     // In request order, so log appends are acknowledged in log order.
                     for done in waiting {
                         done(result.clone());
@@ -52,7 +147,16 @@ impl Flusher {
             // Without a flusher nothing can be made durable; every request fails loudly.
             tracing::error!(error = %e, "cannot start the flusher thread");
         }
-        Flusher { tx }
+        Flusher { tx, stats }
+    }
+
+    /// What the flusher did so far.
+    pub fn counts(&self) -> FlushCounts {
+        FlushCounts {
+            syncs: self.stats.syncs.load(Ordering::Relaxed),
+            writes: self.stats.writes.load(Ordering::Relaxed),
+            sync_seconds: self.stats.sync_nanos.load(Ordering::Relaxed) as f64 / 1e9,
+        }
     }
 
     /// Calls `done` once everything written so far is durable. Requests are queued in call
@@ -70,5 +174,38 @@ impl Flusher {
             let _ = tx.send(r);
         });
         rx.await.map_err(|_| FlushError("flusher stopped".into()))?
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Writes that arrive while a sync runs are made durable together by the next one.
+    #[test]
+    fn waiting_writes_share_one_sync() {
+        let db = sled::Config::new().temporary(true).open().expect("db");
+        let flusher = Flusher::spawn(db, None);
+        let (hold_tx, hold_rx) = mpsc::channel::<()>();
+        let (done_tx, done_rx) = mpsc::channel::<bool>();
+        // The first write's answer holds the flusher until 50 more are queued.
+        flusher.flush_then(move |r| {
+            let _ = hold_rx.recv();
+            assert!(r.is_ok());
+        });
+        for _ in 0..50 {
+            let done = done_tx.clone();
+            flusher.flush_then(move |r| {
+                let _ = done.send(r.is_ok());
+            });
+        }
+        hold_tx.send(()).expect("release");
+        for _ in 0..50 {
+            assert!(done_rx.recv().expect("answered"), "synced");
+        }
+        let counts = flusher.counts();
+        assert_eq!(counts.writes, 51);
+        // The first sync may have taken all of them, or only the first.
+        assert!(counts.syncs <= 2, "{counts:?}");
     }
 }

@@ -12,7 +12,8 @@
 //! | `snapshots` | (none) | the group's latest snapshot: metadata and data |
 //!
 //! Durability: log appends and votes are made durable by one [`Flusher`] per member that
-//! coalesces the flush requests of all groups into one `fsync` (group commit). The state
+//! coalesces the flush requests of all groups into one sync (group commit): sled's flush,
+//! then `fdatasync` of its log file and of new blob files ([`SyncFiles`]). The state
 //! machine is not flushed on its own: after a crash it is rebuilt from the last applied
 //! state that sled recovered plus the durable log.
 
@@ -20,7 +21,7 @@ mod flush;
 mod overlay;
 pub mod space;
 
-pub use flush::{FlushError, Flusher};
+pub use flush::{FlushCounts, FlushError, Flusher, SyncFiles};
 pub use overlay::Overlay;
 
 use std::path::Path;
@@ -83,20 +84,24 @@ impl Storage {
             // Durability comes from explicit group-commit flushes, not a timer.
             .flush_every_ms(None)
             .open()?;
-        let mut s = Self::from_db(db)?;
-        s.space = std::sync::Arc::new(space::Space::new(dir, reserve));
-        Ok(s)
+        let files = SyncFiles::open(&dir.join("sled"))
+            .map_err(|e| Error::Storage(format!("open {}: {e}", dir.display())))?;
+        Self::with(db, Some(files), space::Space::new(dir, reserve))
     }
 
-    /// Wraps an already open database (tests use a temporary one).
+    /// Wraps an already open temporary database (tests): nothing is synced.
     pub fn from_db(db: sled::Db) -> Result<Self> {
+        Self::with(db, None, space::Space::new(&std::env::temp_dir(), 0))
+    }
+
+    fn with(db: sled::Db, files: Option<SyncFiles>, space: space::Space) -> Result<Self> {
         Ok(Storage {
             log: db.open_tree("raft_log")?,
             raft_state: db.open_tree("raft_state")?,
             state_machine: db.open_tree("state_machine")?,
             snapshots: db.open_tree("snapshots")?,
-            flusher: Flusher::spawn(db.clone()),
-            space: std::sync::Arc::new(space::Space::new(&std::env::temp_dir(), 0)),
+            flusher: Flusher::spawn(db.clone(), files),
+            space: std::sync::Arc::new(space),
             db,
         })
     }
