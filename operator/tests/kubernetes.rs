@@ -5,14 +5,15 @@
 //! chart's ServiceAccount token, so every call it makes is checked against the chart's RBAC.
 //! Grids answer through a stand-in admin API served by the test.
 //!
-//! - the chart lints, its rendered output is current, and bad values are refused;
 //! - lifecycle: CRD from the chart, CEL refusals, examples accepted, children with owner
 //!   references, status from the grid, scale up, scale-down gated on drain, a stalled and a
-//!   refused drain reported in conditions and Events, deletion;
+//!   refused drain reported in conditions and Events, `spec.tls` and `spec.auth` (the
+//!   admin token Secret, the operator's calls with it, a missing Secret reported), deletion;
 //! - two operator replicas: one leads (Lease), an image change rolls one pod at a time and
 //!   only while the grid is fully replicated, and the standby finishes the roll after the
 //!   leader is killed.
 
+mod security;
 mod support;
 
 use std::collections::BTreeMap;
@@ -32,8 +33,7 @@ use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 use serde_json::json;
 use support::{
-    crd_established, members, repo, serve_fake, tool, wait, ApiServer, Operator, OPERATOR_NS,
-    RELEASE,
+    crd_established, members, repo, serve_fake, wait, ApiServer, Operator, OPERATOR_NS, RELEASE,
 };
 
 const NS: &str = "iot";
@@ -93,56 +93,6 @@ async fn condition(grids: &Api<DeviceGrid>, type_: &str, reason: &str, phase: Op
         },
     )
     .await;
-}
-
-#[test]
-fn chart_lints_its_rendered_output_is_current_and_bad_values_are_refused() {
-    let out = tempfile::tempdir().expect("tempdir");
-    let render = std::process::Command::new(repo().join("scripts/render-charts.sh"))
-        .arg(out.path())
-        .output()
-        .expect("run scripts/render-charts.sh");
-    assert!(
-        render.status.success(),
-        "{}",
-        String::from_utf8_lossy(&render.stderr)
-    );
-    for entry in std::fs::read_dir(out.path()).expect("rendered") {
-        let path = entry.expect("entry").path();
-        let name = path.file_name().expect("name").to_owned();
-        let fresh = std::fs::read_to_string(&path).expect("fresh");
-        let kept =
-            std::fs::read_to_string(repo().join("charts/rendered").join(&name)).unwrap_or_default();
-        assert!(
-            fresh == kept,
-            "charts/rendered/{} is stale: run `make charts`",
-            name.to_string_lossy()
-        );
-    }
-    let helm = tool("scripts/helm-bin.sh");
-    for (set, message) in [
-        ("replicaCount=-1", "replicaCount"),
-        ("logFormat=xml", "logFormat"),
-        ("watchNamespaces={Not_A_Name}", "watchNamespaces"),
-        (
-            "leaderElection.enabled=false,replicaCount=2",
-            "needs leaderElection.enabled",
-        ),
-        (
-            "leaderElection.leaseDurationSeconds=3,leaderElection.renewGraceSeconds=5",
-            "must exceed",
-        ),
-    ] {
-        let out = std::process::Command::new(&helm)
-            .args(["template", RELEASE])
-            .arg(repo().join("charts/devicegrid-operator"))
-            .args(["--set", set])
-            .output()
-            .expect("helm template");
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success(), "{set} was accepted");
-        assert!(stderr.contains(message), "{set}: {stderr}");
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -266,7 +216,7 @@ async fn lifecycle_under_the_charts_service_account() {
     assert!(pem("ca.crt").is_some_and(|c| c.starts_with(b"-----BEGIN CERTIFICATE")));
     assert!(pem("ca.key").is_some_and(|k| !k.is_empty()));
 
-    guarded_grid(&admin, &grids, &fake).await;
+    security::guarded_grid(&admin, &grids, &fake).await;
 
     // Status from the grid's own view.
     wait(T, "status with the grid's members", || async {
@@ -599,118 +549,4 @@ async fn two_replicas_one_leader_and_a_roll_one_pod_at_a_time() {
         "{}",
         next.log_tail()
     );
-}
-
-/// `spec.auth` without a Secret: the operator makes `<grid>-admin` once and calls the grid
-/// with its token; `spec.tls`: members serve TLS (probes over HTTPS); a Secret the spec names
-/// that does not exist is reported in the status.
-async fn guarded_grid(admin: &Client, grids: &Api<DeviceGrid>, fake: &support::Shared) {
-    let dg = grid(
-        "guarded",
-        json!({ "replicas": 1, "image": "devicegrid:test", "auth": {} }),
-    );
-    let uid = grids
-        .create(&PostParams::default(), &dg)
-        .await
-        .expect("create guarded grid")
-        .uid()
-        .expect("uid");
-    let secrets: Api<Secret> = Api::namespaced(admin.clone(), NS);
-    let secret = wait(T, "the admin token Secret", || async {
-        secrets.get_opt("guarded-admin").await.ok().flatten()
-    })
-    .await;
-    assert!(owned_by(secret.metadata.owner_references.clone(), &uid));
-    let token = secret
-        .data
-        .as_ref()
-        .and_then(|d| d.get("token"))
-        .map(|t| String::from_utf8_lossy(&t.0).into_owned())
-        .expect("token");
-    assert!(token.starts_with("dgt_") && token.len() == 68, "{token}");
-    let bearer = format!("Bearer {token}");
-    wait(T, "a grid call with the admin token", || async {
-        fake.lock()
-            .expect("fake")
-            .authorizations
-            .contains(&bearer)
-            .then_some(())
-    })
-    .await;
-    let cms: Api<ConfigMap> = Api::namespaced(admin.clone(), NS);
-    let config = |text: &'static [&'static str]| {
-        let cms = cms.clone();
-        async move {
-            let cm = cms.get("guarded-config").await.ok()?;
-            let yaml = cm.data?.get("devicegrid.yaml")?.clone();
-            text.iter()
-                .all(|l| yaml.lines().any(|y| y == *l))
-                .then_some(())
-        }
-    };
-    wait(T, "auth settings in the member config", || {
-        config(&[
-            "auth_enabled: true",
-            "auth_bootstrap_token_file: /etc/devicegrid/auth/token",
-        ])
-    })
-    .await;
-    let sts_api: Api<StatefulSet> = Api::namespaced(admin.clone(), NS);
-    let mounted = |sts: &StatefulSet, secret: &str| {
-        sts.spec
-            .as_ref()
-            .and_then(|s| s.template.spec.as_ref())
-            .and_then(|p| p.volumes.as_ref())
-            .is_some_and(|v| {
-                v.iter().any(|v| {
-                    v.secret.as_ref().and_then(|s| s.secret_name.as_deref()) == Some(secret)
-                })
-            })
-    };
-    let sts = sts_api.get("guarded").await.expect("sts");
-    assert!(mounted(&sts, "guarded-admin"));
-
-    // TLS with the members' own certificates.
-    let tls = json!({ "spec": { "tls": {} } });
-    grids
-        .patch("guarded", &PatchParams::default(), &Patch::Merge(&tls))
-        .await
-        .expect("tls on");
-    wait(T, "TLS settings in the member config", || {
-        config(&["tls_self_issued: true"])
-    })
-    .await;
-    let https = wait(T, "probes over HTTPS", || async {
-        let sts = sts_api.get("guarded").await.ok()?;
-        let c = sts.spec?.template.spec?.containers.into_iter().next()?;
-        let probe = c.readiness_probe?.http_get?;
-        (probe.scheme.as_deref() == Some("HTTPS")).then_some(())
-    });
-    https.await;
-    // The old token is kept across passes.
-    let again = secrets.get("guarded-admin").await.expect("secret");
-    assert_eq!(again.data, secret.data);
-
-    // A Secret that is not there is named in the status.
-    let missing = json!({ "spec": { "tls": { "secretName": "nope" } } });
-    grids
-        .patch("guarded", &PatchParams::default(), &Patch::Merge(&missing))
-        .await
-        .expect("tls secret");
-    wait(T, "the missing Secret reported", || async {
-        let s = grids.get_status("guarded").await.ok()?.status?;
-        s.conditions
-            .iter()
-            .any(|c| {
-                c.reason == "ReconcileFailed"
-                    && c.message
-                        .contains("Secret nope (spec.tls.secretName): not found")
-            })
-            .then_some(())
-    })
-    .await;
-    grids
-        .delete("guarded", &DeleteParams::default())
-        .await
-        .expect("delete guarded");
 }
