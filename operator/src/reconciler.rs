@@ -215,28 +215,34 @@ async fn create_once(api: &Api<Secret>, secret: &Secret) -> Result<bool> {
     }
 }
 
-/// Reads key `key` of Secret `name`; `purpose` says in errors why it is needed.
-async fn secret_key(
+/// Reads `keys` of Secret `name` (each must be there and not empty), in that order;
+/// `purpose` says in errors why the Secret is needed.
+async fn secret_keys<const N: usize>(
     api: &Api<Secret>,
     name: &str,
-    key: &str,
+    keys: [&str; N],
     purpose: &'static str,
-) -> Result<Vec<u8>> {
+) -> Result<[Vec<u8>; N]> {
     let unusable = |problem: String| Error::SecretUnusable {
         secret: name.to_string(),
         purpose,
         problem,
     };
-    let secret = api
+    let mut data = api
         .get_opt(name)
         .await?
-        .ok_or_else(|| unusable("not found".into()))?;
-    secret
+        .ok_or_else(|| unusable("not found".into()))?
         .data
-        .and_then(|mut d| d.remove(key))
-        .map(|v| v.0)
-        .filter(|v| !v.is_empty())
-        .ok_or_else(|| unusable(format!("has no {key:?}")))
+        .unwrap_or_default();
+    let mut out = std::array::from_fn(|_| Vec::new());
+    for (slot, key) in out.iter_mut().zip(keys) {
+        *slot = data
+            .remove(key)
+            .map(|v| v.0)
+            .filter(|v| !v.is_empty())
+            .ok_or_else(|| unusable(format!("has no {key:?}")))?;
+    }
+    Ok(out)
 }
 
 /// How the operator reaches the grid's admin API: the CA its client port's certificate
@@ -256,10 +262,9 @@ async fn grid_access(
         (true, Some(name)) => {
             // The member checks the certificate and key when it loads them; the operator
             // needs the CA to trust.
-            for key in [builders::TLS_CERT, builders::TLS_KEY] {
-                secret_key(&api, name, key, "spec.tls.secretName").await?;
-            }
-            Some(secret_key(&api, name, builders::TLS_CA, "spec.tls.secretName").await?)
+            let keys = [builders::TLS_CA, builders::TLS_CERT, builders::TLS_KEY];
+            let [ca, ..] = secret_keys(&api, name, keys, "spec.tls.secretName").await?;
+            Some(ca)
         }
     };
     if let Some(name) = dg
@@ -268,7 +273,13 @@ async fn grid_access(
         .as_ref()
         .and_then(|t| t.client_ca_secret_name.as_deref())
     {
-        secret_key(&api, name, builders::TLS_CA, "spec.tls.clientCaSecretName").await?;
+        secret_keys(
+            &api,
+            name,
+            [builders::TLS_CA],
+            "spec.tls.clientCaSecretName",
+        )
+        .await?;
     }
     let token = match security.auth_secret() {
         None => None,
@@ -293,7 +304,7 @@ async fn grid_access(
                     tracing::info!(grid = %names.grid, secret = %name, "created the admin token");
                 }
             }
-            let raw = secret_key(&api, &name, builders::ADMIN_TOKEN, purpose).await?;
+            let [raw] = secret_keys(&api, &name, [builders::ADMIN_TOKEN], purpose).await?;
             let token = String::from_utf8(raw)
                 .ok()
                 .map(|t| t.trim().to_string())
