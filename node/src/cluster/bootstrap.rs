@@ -77,7 +77,8 @@ pub fn check_identity(config: &Config) -> Result<()> {
 fn write_identity(dir: &Path, path: &Path, id: &Identity) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| Error::Storage(format!("{}: {e}", dir.display())))?;
     let bytes = serde_json::to_vec_pretty(id).map_err(|e| Error::Internal(e.to_string()))?;
-    std::fs::write(path, bytes).map_err(|e| Error::Storage(format!("{}: {e}", path.display())))
+    crate::storage::write_durably(path, &bytes)
+        .map_err(|e| Error::Storage(format!("{}: {e}", path.display())))
 }
 
 fn nodes(seeds: &[Seed]) -> BTreeMap<NodeId, MemberNode> {

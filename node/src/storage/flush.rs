@@ -63,8 +63,14 @@ pub struct SyncFiles {
 }
 
 impl SyncFiles {
-    /// The files of the sled database in `dir`.
+    /// The files of the sled database in `dir`. sled writes its `conf` file once, at
+    /// creation, and never syncs it; it is synced here, with the directories.
     pub fn open(dir: &Path) -> std::io::Result<SyncFiles> {
+        File::open(dir.join("conf"))?.sync_all()?;
+        File::open(dir)?.sync_all()?;
+        if let Some(parent) = dir.parent() {
+            File::open(parent)?.sync_all()?;
+        }
         Ok(SyncFiles {
             log: File::open(dir.join("db"))?,
             blobs: dir.join("blobs"),

@@ -144,6 +144,20 @@ impl Storage {
     }
 }
 
+/// Writes `bytes` to `path` so that after a crash or power loss the file holds either its
+/// old content or all of `bytes`: a file beside it, synced, renamed over `path`, and the
+/// directory synced.
+pub fn write_durably(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    std::fs::File::open(dir)?.sync_all()
+}
+
 /// Key of `suffix` in `group`'s range.
 pub fn group_key(group: u32, suffix: &[u8]) -> Vec<u8> {
     let mut k = Vec::with_capacity(4 + suffix.len());
