@@ -482,6 +482,7 @@ pub struct LazyFs {
 impl LazyFs {
     /// Mounts a lazy view of `backing` at `at`.
     pub fn mount(backing: &Path, at: &Path) -> std::io::Result<LazyFs> {
+        ensure_fuse_device();
         std::fs::create_dir_all(backing)?;
         std::fs::create_dir_all(at)?;
         let mut state = State {
@@ -536,6 +537,31 @@ impl LazyFs {
                 .stderr(std::process::Stdio::null())
                 .status();
         }
+    }
+}
+
+/// Loads the kernel's FUSE module and makes `/dev/fuse` (character device 10:229) where a
+/// machine has neither yet; mounting then fails with its own message if FUSE is not there.
+fn ensure_fuse_device() {
+    if Path::new("/dev/fuse").exists() {
+        return;
+    }
+    let quiet = |cmd: &mut std::process::Command| {
+        let _ = cmd
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status();
+    };
+    quiet(std::process::Command::new("modprobe").arg("fuse"));
+    if !Path::new("/dev/fuse").exists() {
+        quiet(std::process::Command::new("mknod").args([
+            "-m",
+            "666",
+            "/dev/fuse",
+            "c",
+            "10",
+            "229",
+        ]));
     }
 }
 
