@@ -56,7 +56,7 @@ fn describe(e: &ErrorDetail) -> String {
 }
 
 /// Key `key` of Secret `name`.
-async fn secret_key(secrets: &Api<Secret>, name: &str, key: &str) -> Result<Vec<u8>> {
+pub async fn secret_key(secrets: &Api<Secret>, name: &str, key: &str) -> Result<Vec<u8>> {
     let secret = secrets
         .get_opt(name)
         .await?

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, ensure, Context, Result};
 use devicegrid_e2e::checks::{back, holds, settled, summary, Intact};
 use devicegrid_e2e::diag::Diag;
-use devicegrid_e2e::grid::{Grid, Writer};
+use devicegrid_e2e::grid::{secret_key, Grid, Writer};
 use devicegrid_e2e::settings::Settings;
 use devicegrid_e2e::tools::{helm, kubectl, kubectl_apply, on_node};
 use devicegrid_e2e::wait::{in_order, step, until};
@@ -556,19 +556,18 @@ async fn strangers_are_refused(grid: &Grid, pods: &Api<Pod>, client: &Client) ->
             bail!("the peer port answered {status} to a client with {who}");
         }
     }
-    let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(client.clone(), NS);
-    let ca_secret = secrets.get(&format!("{GRID}-peer-ca")).await?;
-    let key = |k: &str| {
-        ca_secret
-            .data
-            .as_ref()
-            .and_then(|d| d.get(k))
-            .map(|v| String::from_utf8_lossy(&v.0).into_owned())
-            .with_context(|| format!("peer CA Secret without {k}"))
+    let secrets = Api::namespaced(client.clone(), NS);
+    let ca_name = format!("{GRID}-peer-ca");
+    let key = |k: &'static str| {
+        let (secrets, ca_name) = (&secrets, &ca_name);
+        async move {
+            let pem = secret_key(secrets, ca_name, k).await?;
+            anyhow::Ok(String::from_utf8_lossy(&pem).into_owned())
+        }
     };
     let ca = devicegrid_pki::Pem {
-        cert: key("ca.crt")?,
-        key: key("ca.key")?,
+        cert: key("ca.crt").await?,
+        key: key("ca.key").await?,
     };
     let member = devicegrid_pki::issue_member(&ca, &cluster, 2, &[], lifetime)?;
     match peer_call(Some(member)).await? {

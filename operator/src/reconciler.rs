@@ -176,41 +176,48 @@ where
 /// or a user bringing their own CA) is kept.
 async fn ensure_peer_ca(client: &Client, dg: &DeviceGrid, names: &Names) -> Result<Vec<u8>> {
     let api: Api<Secret> = Api::namespaced(client.clone(), &names.namespace);
-    if let Some(existing) = api.get_opt(&names.peer_ca()).await? {
-        let mut data = existing.data.unwrap_or_default();
-        for key in [builders::PEER_CA_CERT, builders::PEER_CA_KEY] {
-            if data.get(key).is_none_or(|v| v.0.is_empty()) {
-                return Err(Error::PeerCaIncomplete {
-                    secret: names.peer_ca(),
-                    key,
-                });
-            }
-        }
-        return Ok(data
-            .remove(builders::PEER_CA_CERT)
-            .map(|v| v.0)
-            .unwrap_or_default());
-    }
-    let pem = devicegrid_pki::new_ca(&names.cluster(), devicegrid_pki::days(PEER_CA_DAYS))
-        .map_err(Error::Pki)?;
-    let secret = builders::peer_ca_secret(dg, names, &pem)?;
-    if create_once(&api, &secret).await? {
+    let (secret, created) = get_or_create(&api, &names.peer_ca(), || {
+        let pem = devicegrid_pki::new_ca(&names.cluster(), devicegrid_pki::days(PEER_CA_DAYS))
+            .map_err(Error::Pki)?;
+        builders::peer_ca_secret(dg, names, &pem)
+    })
+    .await?;
+    if created {
         tracing::info!(grid = %names.grid, secret = %names.peer_ca(), "created the peer CA");
-        return Ok(pem.cert.into_bytes());
     }
-    // Another replica was first: use its CA.
-    Box::pin(ensure_peer_ca(client, dg, names)).await
+    let mut data = secret.data.unwrap_or_default();
+    for key in [builders::PEER_CA_CERT, builders::PEER_CA_KEY] {
+        if data.get(key).is_none_or(|v| v.0.is_empty()) {
+            return Err(Error::PeerCaIncomplete {
+                secret: names.peer_ca(),
+                key,
+            });
+        }
+    }
+    Ok(data
+        .remove(builders::PEER_CA_CERT)
+        .map(|v| v.0)
+        .unwrap_or_default())
 }
 
-/// Creates `secret` unless a Secret of that name exists; whether this call created it.
-async fn create_once(api: &Api<Secret>, secret: &Secret) -> Result<bool> {
+/// The Secret `name`, created from `make()` first when it does not exist (a Secret another
+/// replica created in between is used instead); whether this call created it. Such Secrets
+/// are never applied again.
+async fn get_or_create(
+    api: &Api<Secret>,
+    name: &str,
+    make: impl FnOnce() -> Result<Secret>,
+) -> Result<(Secret, bool)> {
+    if let Some(existing) = api.get_opt(name).await? {
+        return Ok((existing, false));
+    }
     let params = PostParams {
         field_manager: Some(MANAGER.into()),
         ..PostParams::default()
     };
-    match api.create(&params, secret).await {
-        Ok(_) => Ok(true),
-        Err(kube::Error::Api(e)) if e.code == 409 => Ok(false),
+    match api.create(&params, &make()?).await {
+        Ok(created) => Ok((created, true)),
+        Err(kube::Error::Api(e)) if e.code == 409 => Ok((api.get(name).await?, false)),
         Err(e) => Err(e.into()),
     }
 }
@@ -223,14 +230,23 @@ async fn secret_keys<const N: usize>(
     keys: [&str; N],
     purpose: &'static str,
 ) -> Result<[Vec<u8>; N]> {
+    let secret = api.get_opt(name).await?;
+    keys_of(secret, name, keys, purpose)
+}
+
+/// `keys` of `secret` (named `name`; `None`: not found), as [`secret_keys`] reads them.
+fn keys_of<const N: usize>(
+    secret: Option<Secret>,
+    name: &str,
+    keys: [&str; N],
+    purpose: &'static str,
+) -> Result<[Vec<u8>; N]> {
     let unusable = |problem: String| Error::SecretUnusable {
         secret: name.to_string(),
         purpose,
         problem,
     };
-    let mut data = api
-        .get_opt(name)
-        .await?
+    let mut data = secret
         .ok_or_else(|| unusable("not found".into()))?
         .data
         .unwrap_or_default();
@@ -294,25 +310,33 @@ async fn grid_access(
             } else {
                 "bootstrap admin token"
             };
-            if name == names.admin() && api.get_opt(&name).await?.is_none() {
-                let token = devicegrid_pki::new_token().ok_or_else(|| Error::SecretUnusable {
-                    secret: name.clone(),
-                    purpose,
-                    problem: "the system's random source failed".into(),
-                })?;
-                if create_once(&api, &builders::admin_secret(dg, names, &token)?).await? {
+            let secret = if name == names.admin() {
+                let (secret, created) = get_or_create(&api, &name, || {
+                    let token =
+                        devicegrid_pki::new_token().ok_or_else(|| Error::SecretUnusable {
+                            secret: name.clone(),
+                            purpose,
+                            problem: "the system's random source failed".into(),
+                        })?;
+                    builders::admin_secret(dg, names, &token)
+                })
+                .await?;
+                if created {
                     tracing::info!(grid = %names.grid, secret = %name, "created the admin token");
                 }
-            }
-            let [raw] = secret_keys(&api, &name, [builders::ADMIN_TOKEN], purpose).await?;
+                Some(secret)
+            } else {
+                api.get_opt(&name).await?
+            };
+            let [raw] = keys_of(secret, &name, [builders::ADMIN_TOKEN], purpose)?;
             let token = String::from_utf8(raw)
                 .ok()
                 .map(|t| t.trim().to_string())
-                .filter(|t| t.len() >= 16 && !t.chars().any(char::is_whitespace))
+                .filter(|t| devicegrid_pki::valid_token(t))
                 .ok_or_else(|| Error::SecretUnusable {
                     secret: name.clone(),
                     purpose,
-                    problem: "the token must be 16 or more characters, without spaces".into(),
+                    problem: devicegrid_pki::TOKEN_RULE.into(),
                 })?;
             Some(token)
         }

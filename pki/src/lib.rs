@@ -163,6 +163,14 @@ pub fn member_identity(der: &[u8]) -> Result<Option<MemberIdentity>, PkiError> {
         }))
 }
 
+/// What a token must be (an admin token given by a user included): [`valid_token`].
+pub const TOKEN_RULE: &str = "the token must be 16 or more characters, without spaces";
+
+/// Whether `token` can be a user's token: 16 or more characters, no white space.
+pub fn valid_token(token: &str) -> bool {
+    token.len() >= 16 && !token.chars().any(char::is_whitespace)
+}
+
 /// A new random API token (`dgt_` and 64 hex digits: 256 bits from the system's secure
 /// random source); `None` if that source fails.
 pub fn new_token() -> Option<String> {

@@ -303,10 +303,11 @@ fn bootstrap_admin(config: &Config) -> Result<Option<String>> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| invalid(format!("reading {}: {e}", path.display())))?;
     let token = text.trim();
-    if token.len() < 16 || token.chars().any(char::is_whitespace) {
+    if !devicegrid_pki::valid_token(token) {
         return Err(invalid(format!(
-            "{}: the token is at least 16 characters, without spaces",
-            path.display()
+            "{}: {}",
+            path.display(),
+            devicegrid_pki::TOKEN_RULE
         )));
     }
     Ok(Some(crate::structures::auth::token_sha256(token)))

@@ -164,8 +164,13 @@ impl Group {
     /// Ops beyond `MAX_ENTRY_BYTES` go in several entries, one after the other; if a later
     /// one fails, earlier ones are applied, so the failure is reported as `OutcomeUnknown`.
     pub async fn propose(&self, ops: Vec<MapOp>) -> Result<Vec<OpOutcome>> {
-        let mut outcomes = Vec::with_capacity(ops.len());
-        for (i, (chunk, bytes)) in chunk_by_bytes(ops).into_iter().enumerate() {
+        self.propose_chunks(Chunks::of(ops)).await
+    }
+
+    /// [`Self::propose`] for operations already split (and measured) by [`Chunks::of`].
+    pub async fn propose_chunks(&self, chunks: Chunks) -> Result<Vec<OpOutcome>> {
+        let mut outcomes = Vec::new();
+        for (i, (chunk, bytes)) in chunks.0.into_iter().enumerate() {
             match self.propose_entry(chunk, bytes).await {
                 Ok(o) => outcomes.extend(o),
                 Err(e) if i == 0 => return Err(e),
@@ -239,8 +244,24 @@ fn handoff_target(h: &AtomicU64) -> Option<NodeId> {
     Some(h.load(Ordering::SeqCst)).filter(|t| *t != 0)
 }
 
-/// Approximate encoded size of an operation, for the entry size cap and the disk reserve.
-pub fn op_bytes(op: &MapOp) -> usize {
+/// Operations split into runs of at most `MAX_ENTRY_BYTES`, each with its approximate size,
+/// measured once: for the entry size cap and for the disk reserve (`storage::space`).
+pub struct Chunks(Vec<(Vec<MapOp>, usize)>);
+
+impl Chunks {
+    /// Splits and measures `ops`.
+    pub fn of(ops: Vec<MapOp>) -> Chunks {
+        Chunks(chunk_by_bytes(ops))
+    }
+
+    /// Approximate encoded size of all the operations.
+    pub fn bytes(&self) -> usize {
+        self.0.iter().map(|(_, b)| b).sum()
+    }
+}
+
+/// Approximate encoded size of an operation.
+fn op_bytes(op: &MapOp) -> usize {
     let (map, key) = op.target();
     let body = match op {
         MapOp::Put { value, .. } => value.len(),

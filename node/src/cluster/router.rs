@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use devicegrid_proto::{ErrorCode, LeaderHint, Routing};
 
-use crate::cluster::group::Group;
+use crate::cluster::group::{Chunks, Group};
 use crate::cluster::groups::Groups;
 use crate::cluster::liveness::Liveness;
 use crate::cluster::{now_ms, partition_of};
@@ -285,25 +285,23 @@ impl Router {
             }
         }
         match call {
-            Call::Write(ops)
-                if !self.groups.storage().space.admit(
-                    ops.iter()
-                        .map(|op| crate::cluster::group::op_bytes(op) as u64)
-                        .sum(),
-                ) =>
-            {
+            Call::Write(ops) => {
+                let chunks = Chunks::of(ops.clone());
                 let space = &self.groups.storage().space;
-                Err(Error::Refused {
-                    code: ErrorCode::InsufficientStorage,
-                    message: format!(
-                        "member {} has {} bytes of disk left (keeps {} free): nothing written",
-                        self.id,
-                        space.free(),
-                        space.reserve()
-                    ),
-                })
+                if !space.admit(chunks.bytes() as u64) {
+                    return Err(Error::Refused {
+                        code: ErrorCode::InsufficientStorage,
+                        message: format!(
+                            "member {} has {} bytes of disk left (keeps {} free): nothing \
+                             written",
+                            self.id,
+                            space.free(),
+                            space.reserve()
+                        ),
+                    });
+                }
+                Ok(Answer::Written(group.propose_chunks(chunks).await?))
             }
-            Call::Write(ops) => Ok(Answer::Written(group.propose(ops.clone()).await?)),
             Call::Read { keys, stale } => {
                 if !stale {
                     group.read_barrier().await?;

@@ -99,6 +99,21 @@ impl State {
         })
     }
 
+    /// Makes the entry `name` in `parent` with `make` and permissions `mode`: its attributes.
+    fn make(
+        &mut self,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        make: impl FnOnce(&Path) -> std::io::Result<()>,
+    ) -> Result<FileAttr, Errno> {
+        let rel = self.child(parent, name)?;
+        let path = self.root.join(&rel);
+        make(&path).map_err(Errno::from)?;
+        chmod(&path, mode)?;
+        self.attr(&rel)
+    }
+
     /// Applies the unsynced changes of `rel` to its backing file and syncs it.
     fn sync(&mut self, rel: &Path) -> std::io::Result<()> {
         let Some(ops) = self.pending.remove(rel) else {
@@ -141,6 +156,11 @@ impl State {
         buf.truncate(len.saturating_sub(off).min(size as u64) as usize);
         Ok(buf)
     }
+}
+
+fn chmod(path: &Path, mode: u32) -> Result<(), Errno> {
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode & 0o7777))
+        .map_err(Errno::from)
 }
 
 struct Fs(Arc<Mutex<State>>);
@@ -189,8 +209,7 @@ impl Filesystem for Fs {
         let mut s = self.state();
         let result = s.rel(ino).and_then(|rel| {
             if let Some(mode) = mode {
-                let perms = std::fs::Permissions::from_mode(mode & 0o7777);
-                std::fs::set_permissions(s.root.join(&rel), perms).map_err(Errno::from)?;
+                chmod(&s.root.join(&rel), mode)?;
             }
             if let Some(len) = size {
                 s.pending
@@ -215,15 +234,10 @@ impl Filesystem for Fs {
         _umask: u32,
         reply: ReplyEntry,
     ) {
-        let mut s = self.state();
-        let result = s.child(parent, name).and_then(|rel| {
-            let path = s.root.join(&rel);
-            std::fs::create_dir(&path).map_err(Errno::from)?;
-            let perms = std::fs::Permissions::from_mode(mode & 0o7777);
-            std::fs::set_permissions(&path, perms).map_err(Errno::from)?;
-            s.attr(&rel)
-        });
-        match result {
+        match self
+            .state()
+            .make(parent, name, mode, |p| std::fs::create_dir(p))
+        {
             Ok(a) => reply.entry(&TTL, &a, Generation(0)),
             Err(e) => reply.error(e),
         }
@@ -302,15 +316,10 @@ impl Filesystem for Fs {
         _flags: i32,
         reply: ReplyCreate,
     ) {
-        let mut s = self.state();
-        let result = s.child(parent, name).and_then(|rel| {
-            let path = s.root.join(&rel);
-            File::create(&path).map_err(Errno::from)?;
-            let perms = std::fs::Permissions::from_mode(mode & 0o7777);
-            std::fs::set_permissions(&path, perms).map_err(Errno::from)?;
-            s.attr(&rel)
-        });
-        match result {
+        match self
+            .state()
+            .make(parent, name, mode, |p| File::create(p).map(drop))
+        {
             Ok(a) => reply.created(
                 &TTL,
                 &a,
