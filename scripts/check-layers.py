@@ -17,7 +17,7 @@ MAY = {
     "raft": "raft transport structures storage runtime config error",
     "transport": "transport storage runtime error",
     "structures": "structures storage error",
-    "storage": "storage runtime error",
+    "storage": "storage runtime metrics error",
     "runtime": "runtime",
     "metrics": "metrics",
     "config": "config",

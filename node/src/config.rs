@@ -152,6 +152,12 @@ pub struct Config {
     pub member_down_after_ms: u64,
     /// A group snapshots its state and drops its log after this many new entries.
     pub snapshot_after_logs: u64,
+    /// Size of one Raft log segment file (bytes).
+    pub log_segment_bytes: u64,
+    /// Log segments kept live (besides the one being written) before the oldest is
+    /// compacted: its few live entries moved forward, or the groups holding many of them
+    /// snapshotted.
+    pub log_max_segments: usize,
     /// Writes waiting to be proposed in one group, at most; more are refused with 503
     /// `overloaded` (nothing written) instead of buffered.
     pub max_queued_writes: usize,
@@ -203,6 +209,8 @@ impl Default for Config {
             request_timeout_ms: 10_000,
             member_down_after_ms: 2_000,
             snapshot_after_logs: 10_000,
+            log_segment_bytes: 64 << 20,
+            log_max_segments: 4,
             max_queued_writes: 4096,
             max_queued_write_bytes: 256 * 1024 * 1024,
             max_queued_peer_requests: 16_384,
@@ -321,6 +329,18 @@ impl Config {
             return Err(ConfigError::new(
                 "snapshot_after_logs",
                 "snapshot_after_logs must be at least 10",
+            ));
+        }
+        if self.log_segment_bytes < 64 << 10 {
+            return Err(ConfigError::new(
+                "log_segment_bytes",
+                "log_segment_bytes must be at least 65536",
+            ));
+        }
+        if self.log_max_segments == 0 {
+            return Err(ConfigError::new(
+                "log_max_segments",
+                "log_max_segments must be at least 1",
             ));
         }
         if self.max_queued_writes == 0 {

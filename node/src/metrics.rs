@@ -55,9 +55,95 @@ pub struct Metrics {
     moves: Family<MoveLabels, Gauge>,
     moves_finished: Gauge,
     move_steps: Family<MoveLabels, Gauge>,
-    log_syncs: Counter,
-    log_synced_writes: Counter,
-    log_sync_seconds: Counter<f64, AtomicU64>,
+    log: LogMetrics,
+}
+
+/// The Raft log's writer (`storage::wal`), mirrored from its own totals on each scrape.
+#[derive(Default)]
+struct LogMetrics {
+    syncs: Counter,
+    writes: Counter,
+    bytes: Counter,
+    sync_seconds: Counter<f64, AtomicU64>,
+    wait_seconds: Counter<f64, AtomicU64>,
+    moved: Counter,
+    deleted: Counter,
+    segments: Gauge,
+    disk_bytes: Gauge,
+}
+
+impl LogMetrics {
+    fn register(&self, registry: &mut Registry) {
+        let counters = [
+            (
+                "log_syncs",
+                "Group-commit syncs of the Raft log of every group (one write and one fdatasync)",
+                &self.syncs,
+            ),
+            (
+                "log_synced_writes",
+                "Log appends and votes made durable by those syncs (per sync: this / log_syncs)",
+                &self.writes,
+            ),
+            (
+                "log_written_bytes",
+                "Bytes the log's writer wrote (per sync: this / log_syncs)",
+                &self.bytes,
+            ),
+            (
+                "log_moved_entries",
+                "Log entries moved out of an old segment so that it could be deleted",
+                &self.moved,
+            ),
+            (
+                "log_deleted_segments",
+                "Log segment files deleted",
+                &self.deleted,
+            ),
+        ];
+        for (name, help, c) in counters {
+            registry.register(name, help, c.clone());
+        }
+        registry.register(
+            "log_sync_seconds",
+            "Time spent writing and syncing the log",
+            self.sync_seconds.clone(),
+        );
+        registry.register(
+            "log_wait_seconds",
+            "Time log writes waited from submission to their answer, summed (per write: this / log_synced_writes)",
+            self.wait_seconds.clone(),
+        );
+        registry.register(
+            "log_segments",
+            "Log segment files on disk",
+            self.segments.clone(),
+        );
+        registry.register(
+            "log_disk_bytes",
+            "Bytes of the log's segment files",
+            self.disk_bytes.clone(),
+        );
+    }
+
+    fn set(&self, stats: &LogStats) {
+        let follow = |c: &Counter, total: u64| c.inc_by(total.saturating_sub(c.get()));
+        let follow_f = |c: &Counter<f64, AtomicU64>, total: f64| {
+            let d = total - c.get();
+            if d > 0.0 {
+                c.inc_by(d);
+            }
+        };
+        follow(&self.syncs, stats.syncs);
+        follow(&self.writes, stats.writes);
+        follow(&self.bytes, stats.bytes);
+        follow(&self.moved, stats.moved);
+        follow(&self.deleted, stats.deleted_segments);
+        follow_f(&self.sync_seconds, stats.sync_seconds);
+        follow_f(&self.wait_seconds, stats.wait_seconds);
+        self.segments.set(stats.segments as i64);
+        self.disk_bytes.set(stats.disk_bytes as i64);
+    }
 }
 
 /// Labels of move gauges.
@@ -169,27 +255,10 @@ impl Metrics {
             "Moves and leadership handoffs this member runs as partition leader, by phase",
             move_steps.clone(),
         );
-        let (log_syncs, log_synced_writes) = (Counter::default(), Counter::default());
-        let log_sync_seconds = Counter::<f64, AtomicU64>::default();
-        registry.register(
-            "log_syncs",
-            "Group-commit syncs of the Raft logs of every group (sled's flush, then fdatasync)",
-            log_syncs.clone(),
-        );
-        registry.register(
-            "log_synced_writes",
-            "Log appends and votes made durable by those syncs (per sync: this / log_syncs)",
-            log_synced_writes.clone(),
-        );
-        registry.register(
-            "log_sync_seconds",
-            "Time spent in those syncs",
-            log_sync_seconds.clone(),
-        );
+        let log = LogMetrics::default();
+        log.register(&mut registry);
         Metrics {
-            log_syncs,
-            log_synced_writes,
-            log_sync_seconds,
+            log,
             moves,
             moves_finished,
             move_steps,
@@ -265,18 +334,7 @@ impl Metrics {
                 .set(n as i64);
         }
         self.moves_finished.set(stats.moves_finished as i64);
-        // Counters follow the flusher's own totals.
-        self.log_syncs
-            .inc_by(stats.log_syncs.saturating_sub(self.log_syncs.get()));
-        self.log_synced_writes.inc_by(
-            stats
-                .log_synced_writes
-                .saturating_sub(self.log_synced_writes.get()),
-        );
-        let seconds = stats.log_sync_seconds - self.log_sync_seconds.get();
-        if seconds > 0.0 {
-            self.log_sync_seconds.inc_by(seconds);
-        }
+        self.log.set(&stats.log);
         self.move_steps.clear();
         for phase in &stats.move_phases {
             self.move_steps
@@ -334,10 +392,29 @@ pub struct GridStats {
     pub moves_finished: u64,
     /// Phases of the moves this member carries out.
     pub move_phases: Vec<String>,
-    /// Group-commit syncs of the Raft logs since the member started.
-    pub log_syncs: u64,
-    /// Log appends and votes those syncs made durable.
-    pub log_synced_writes: u64,
-    /// Time spent in those syncs, seconds.
-    pub log_sync_seconds: f64,
+    /// The Raft log's writer.
+    pub log: LogStats,
+}
+
+/// What the Raft log's writer did since the member started, and its files.
+#[derive(Clone, Debug, Default)]
+pub struct LogStats {
+    /// Group-commit syncs.
+    pub syncs: u64,
+    /// Appends, votes and other waits those syncs made durable.
+    pub writes: u64,
+    /// Bytes written.
+    pub bytes: u64,
+    /// Time spent writing and syncing, seconds.
+    pub sync_seconds: f64,
+    /// Time writes waited for their answer, summed, seconds.
+    pub wait_seconds: f64,
+    /// Entries moved out of old segments.
+    pub moved: u64,
+    /// Segment files deleted.
+    pub deleted_segments: u64,
+    /// Segment files on disk.
+    pub segments: usize,
+    /// Their bytes.
+    pub disk_bytes: u64,
 }

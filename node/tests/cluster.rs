@@ -409,3 +409,57 @@ async fn lagging_replica_catches_up_from_a_snapshot() {
     })
     .await;
 }
+
+/// With small log segments, the log of a busy member stays a few segments long: groups that
+/// keep the oldest segment are snapshotted and purged, a few live entries are moved forward,
+/// freed segments are deleted; every write reads back after a kill -9 and a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_raft_log_is_compacted_by_size() {
+    within(240, async {
+        let args = [
+            "--log-segment-bytes",
+            "65536",
+            "--log-max-segments",
+            "2",
+            // Above the writes below: only the log's size asks for snapshots.
+            "--snapshot-after-logs",
+            "2000",
+        ];
+        let mut grid = TestGrid::start_with(1, 2, &args);
+        grid.wait_ready(Duration::from_secs(60)).await;
+        let pad = "x".repeat(1000);
+        for i in 0..1500 {
+            let value = json!({ "i": i, "pad": pad });
+            grid.put(1, "log", &format!("k{i}"), &value)
+                .await
+                .expect("put");
+        }
+        let count = |m: &str, name: &str| common::gauge(m, name).unwrap_or(0.0);
+        // 1.5 MB went through the log; two groups keep at most 200 entries each after a
+        // snapshot (a tenth of snapshot_after_logs), about 7 segments.
+        let compacted = wait_for(Duration::from_secs(60), "the log to shrink", || async {
+            let m = grid.metrics(1).await;
+            count(&m, "devicegrid_log_segments") <= 12.0
+                && count(&m, "devicegrid_log_deleted_segments_total") >= 10.0
+        })
+        .await;
+        let m = grid.metrics(1).await;
+        assert!(
+            compacted.is_ok(),
+            "log compacted: {} segments, {} deleted",
+            count(&m, "devicegrid_log_segments"),
+            count(&m, "devicegrid_log_deleted_segments_total")
+        );
+        grid.kill9(1);
+        grid.spawn(1);
+        grid.wait_ready(Duration::from_secs(60)).await;
+        for i in (0..1500).step_by(7) {
+            let got = grid
+                .get(1, "log", &format!("k{i}"), false)
+                .await
+                .expect("get");
+            assert_eq!(got.expect("found")["value"]["i"], json!(i));
+        }
+    })
+    .await;
+}

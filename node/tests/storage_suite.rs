@@ -1,4 +1,4 @@
-//! openraft's storage conformance suite against the sled log store and the state machine,
+//! openraft's storage conformance suite against the member's log store and the state machine,
 //! once for each machine a member runs (a partition's maps and the metadata group).
 
 use devicegrid::raft::{
@@ -32,11 +32,16 @@ where
     ) -> Result<(tempfile::TempDir, LogStore, StateMachineStore<M>), StorageError> {
         let dir = tempfile::tempdir().map_err(io)?;
         let st = Storage::open(dir.path(), 0).map_err(io)?;
-        // Groups share the trees in a real member; put a neighbour's data around this one
-        // so range scans that leak across groups are caught.
+        // Groups share the log in a real member; give neighbours entries and state around
+        // this one so reads that leak across groups are caught.
         for neighbour in [2u32, 4, u32::MAX - 1] {
-            let k = devicegrid::storage::group_key(neighbour, &7u64.to_be_bytes());
-            st.log.insert(k, b"not an entry".to_vec()).map_err(io)?;
+            let junk = vec![b"not an entry".to_vec(); 3];
+            st.wal
+                .append(neighbour, 1, junk, Box::new(|_| {}))
+                .map_err(io)?;
+            st.wal
+                .set_state(neighbour, 1, b"not a vote".to_vec())
+                .map_err(io)?;
         }
         let log = LogStore::new(st.clone(), self.group.to_key());
         let sm = StateMachineStore::open(st, self.group, (self.make)()).map_err(io)?;

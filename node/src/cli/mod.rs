@@ -141,6 +141,12 @@ struct ServeArgs {
     /// A group snapshots and drops its log after this many entries [default: 10000].
     #[arg(long, env = "DEVICEGRID_SNAPSHOT_AFTER_LOGS")]
     snapshot_after_logs: Option<u64>,
+    /// Size of one Raft log segment file, bytes [default: 67108864].
+    #[arg(long, env = "DEVICEGRID_LOG_SEGMENT_BYTES")]
+    log_segment_bytes: Option<u64>,
+    /// Live log segments before the oldest is compacted [default: 4].
+    #[arg(long, env = "DEVICEGRID_LOG_MAX_SEGMENTS")]
+    log_max_segments: Option<usize>,
     /// StatefulSet pod index; the member id is the index plus one (when --node-id is not
     /// given). Kubernetes sets it from the `apps.kubernetes.io/pod-index` label.
     #[arg(long, env = "DEVICEGRID_POD_INDEX")]
@@ -217,6 +223,8 @@ impl ServeArgs {
             cluster_name,
             request_timeout_ms,
             snapshot_after_logs,
+            log_segment_bytes,
+            log_max_segments,
             failure_grace_ms,
             max_moves,
             move_stalled_after_ms,

@@ -9,7 +9,7 @@
 //! | [`Router`] | partition reads and writes, to the leader, with retries |
 //! | [`PeerServer`] | answers peers |
 //! | [`Views`] | this member's report and the grid views |
-//! | loops | [`bootstrap`], [`driver`], [`expiry`], [`liveness`], [`mover`] |
+//! | loops | [`bootstrap`], [`compactor`], [`driver`], [`expiry`], [`liveness`], [`mover`] |
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -23,12 +23,12 @@ use crate::cluster::meta_client::MetaClient;
 use crate::cluster::peer_server::PeerServer;
 use crate::cluster::router::Router;
 use crate::cluster::views::{MoveBoard, Views};
-use crate::cluster::{bootstrap, driver, expiry, liveness, mover, now_ms};
+use crate::cluster::{bootstrap, compactor, driver, expiry, liveness, mover, now_ms};
 use crate::config::Config;
 use crate::metrics::{GridStats, GroupStats, Metrics};
 use crate::raft::{GroupId, NodeId};
 use crate::runtime::Tasks;
-use crate::storage::Storage;
+use crate::storage::{wal::WalOptions, Storage};
 use crate::transport::{MemberCert, PeerTls, TlsFiles, Transport};
 use crate::Result;
 
@@ -68,7 +68,14 @@ impl Grid {
         bootstrap::check_identity(&config)?;
         let config = Arc::new(config);
         let peer_tls = PeerTls::load(&tls_files(&config)?, &config.cluster_name, config.node_id)?;
-        let storage = Storage::open(&config.data_dir, config.min_free_disk_bytes)?;
+        let storage = Storage::open_with(
+            &config.data_dir,
+            config.min_free_disk_bytes,
+            WalOptions {
+                segment_bytes: config.log_segment_bytes,
+                max_segments: config.log_max_segments,
+            },
+        )?;
         let transport_tasks = Tasks::new();
         let transport = Transport::new(
             transport_tasks.clone(),
@@ -135,6 +142,7 @@ impl Grid {
         let watch_token = token.clone();
         tasks.spawn(async move { space.watch(watch_token).await });
         tasks.spawn(expiry::run(groups.clone(), metrics.clone(), token.clone()));
+        tasks.spawn(compactor::run(groups.clone(), token.clone()));
         tasks.spawn(driver::run(
             Arc::new(driver::Driver {
                 config: config.clone(),
@@ -198,8 +206,8 @@ impl Grid {
             .transport_tasks
             .stop(remaining().max(Duration::from_secs(1)))
             .await;
-        if let Err(e) = self.storage.flusher.flush().await {
-            tracing::error!(error = %e, "final flush");
+        if let Err(e) = self.storage.sync().await {
+            tracing::error!(error = %e, "final sync");
         }
         left + transport_left
     }
@@ -237,12 +245,7 @@ impl Grid {
             .filter(|m| now.saturating_sub(m.started_ms) > self.config.move_stalled_after_ms)
             .count();
         stats.moves_finished = meta.moves_finished;
-        let log = self.storage.flusher.counts();
-        (
-            stats.log_syncs,
-            stats.log_synced_writes,
-            stats.log_sync_seconds,
-        ) = (log.syncs, log.writes, log.sync_seconds);
+        stats.log = self.storage.wal.counts();
         stats.move_phases = self
             .views
             .report()

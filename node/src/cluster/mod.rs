@@ -12,6 +12,7 @@
 //!   [`bootstrap`] (first start, registration, hosting replicas),
 //!   [`liveness`] (pings, member-wide heartbeats and elections),
 //!   [`expiry`] (the TTL sweeper of partition leaders),
+//!   [`compactor`] (snapshots of groups that keep the Raft log's oldest segment),
 //!   [`driver`] (the metadata leader's placement loop),
 //!   [`mover`] (partition leaders carrying out moves and handoffs)
 //!
@@ -19,6 +20,7 @@
 //! [`crate::structures`].
 
 pub mod bootstrap;
+pub mod compactor;
 pub mod driver;
 pub mod expiry;
 pub mod grid;

@@ -1,4 +1,5 @@
-//! [`RaftLogStorage`] for one group over the member's shared sled trees.
+//! [`RaftLogStorage`] for one group over the member's shared log ([`crate::storage::wal`]):
+//! entries are MessagePack-encoded here and stored as bytes there.
 
 // The helpers return openraft's `StorageError`, which is large; its size is openraft's choice.
 #![allow(clippy::result_large_err)]
@@ -12,7 +13,7 @@ use openraft::storage::{LogFlushed, RaftLogStorage};
 use openraft::{LogId, LogState, OptionalSend, RaftLogReader, StorageIOError, Vote};
 
 use super::{any_error, Entry, NodeId, StorageError, TypeConfig};
-use crate::storage::{decode, encode, group_key, StateKey, Storage};
+use crate::storage::{decode, encode, StateKey, Storage};
 
 /// One group's Raft log, vote and committed id. Clones share everything.
 #[derive(Clone)]
@@ -46,24 +47,13 @@ impl LogStore {
         Ok(vote.map_or(0, |v| v.leader_id().term))
     }
 
-    fn log_key(&self, index: u64) -> Vec<u8> {
-        group_key(self.group, &index.to_be_bytes())
-    }
-
-    fn state_key(&self, k: StateKey) -> Vec<u8> {
-        group_key(self.group, &[k as u8])
-    }
-
     fn read_state<T: serde::de::DeserializeOwned>(
         &self,
         k: StateKey,
     ) -> Result<Option<T>, StorageError> {
-        let bytes = self
-            .st
-            .raft_state
-            .get(self.state_key(k))
-            .map_err(|e| StorageIOError::read(any_error(e)))?;
-        bytes
+        self.st
+            .wal
+            .state(self.group, k as u8)
             .map(|b| decode(&b))
             .transpose()
             .map_err(|e| StorageIOError::read(any_error(e)).into())
@@ -72,42 +62,29 @@ impl LogStore {
     fn write_state<T: serde::Serialize>(&self, k: StateKey, v: &T) -> Result<(), StorageError> {
         let bytes = encode(v).map_err(|e| StorageIOError::write(any_error(e)))?;
         self.st
-            .raft_state
-            .insert(self.state_key(k), bytes)
+            .wal
+            .set_state(self.group, k as u8, bytes)
             .map_err(|e| StorageIOError::write(any_error(e)))?;
         Ok(())
     }
 
-    fn last_entry_id(&self) -> Result<Option<LogId<NodeId>>, StorageError> {
-        let last = self
+    fn read(&self, start: u64, end: u64) -> Result<Vec<Entry>, StorageError> {
+        let bytes = self
             .st
-            .log
-            .range(self.log_key(0)..=self.log_key(u64::MAX))
-            .next_back()
-            .transpose()
+            .wal
+            .read(self.group, start, end)
             .map_err(|e| StorageIOError::read_logs(any_error(e)))?;
-        match last {
-            Some((_, v)) => {
-                let entry: Entry =
-                    decode(&v).map_err(|e| StorageIOError::read_logs(any_error(e)))?;
-                Ok(Some(entry.log_id))
-            }
-            None => Ok(None),
-        }
+        bytes
+            .iter()
+            .map(|b| decode(b).map_err(|e| StorageIOError::read_logs(any_error(e)).into()))
+            .collect()
     }
 
-    /// Removes every log entry in `[from, to]`.
-    fn remove_range(&self, from: u64, to: u64) -> Result<(), StorageError> {
-        let mut batch = sled::Batch::default();
-        for item in self.st.log.range(self.log_key(from)..=self.log_key(to)) {
-            let (k, _) = item.map_err(|e| StorageIOError::write_logs(any_error(e)))?;
-            batch.remove(k);
-        }
-        self.st
-            .log
-            .apply_batch(batch)
-            .map_err(|e| StorageIOError::write_logs(any_error(e)))?;
-        Ok(())
+    fn last_entry_id(&self) -> Result<Option<LogId<NodeId>>, StorageError> {
+        let Some(last) = self.st.wal.last_index(self.group) else {
+            return Ok(None);
+        };
+        Ok(self.read(last, last)?.pop().map(|e| e.log_id))
     }
 }
 
@@ -130,12 +107,7 @@ impl RaftLogReader<TypeConfig> for LogStore {
         if start > end {
             return Ok(Vec::new());
         }
-        let mut out = Vec::new();
-        for item in self.st.log.range(self.log_key(start)..=self.log_key(end)) {
-            let (_, v) = item.map_err(|e| StorageIOError::read_logs(any_error(e)))?;
-            out.push(decode(&v).map_err(|e| StorageIOError::read_logs(any_error(e)))?);
-        }
-        Ok(out)
+        self.read(start, end)
     }
 }
 
@@ -158,8 +130,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), StorageError> {
         self.write_state(StateKey::Vote, vote)?;
         self.st
-            .flusher
-            .flush()
+            .wal
+            .sync()
             .await
             .map_err(|e| StorageIOError::write_vote(any_error(e)))?;
         Ok(())
@@ -200,28 +172,48 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let mut batch = sled::Batch::default();
+        let mut first = None;
+        let mut encoded = Vec::new();
         for entry in entries {
-            let bytes = encode(&entry).map_err(|e| StorageIOError::write_logs(any_error(e)))?;
-            batch.insert(self.log_key(entry.log_id.index), bytes);
+            first.get_or_insert(entry.log_id.index);
+            encoded.push(encode(&entry).map_err(|e| StorageIOError::write_logs(any_error(e)))?);
         }
+        let Some(first) = first else {
+            callback.log_io_completed(Ok(()));
+            return Ok(());
+        };
+        // Group commit: the log's writer answers once one sync covers this append.
         self.st
-            .log
-            .apply_batch(batch)
+            .wal
+            .append(
+                self.group,
+                first,
+                encoded,
+                Box::new(move |r| callback.log_io_completed(r.map_err(std::io::Error::other))),
+            )
             .map_err(|e| StorageIOError::write_logs(any_error(e)))?;
-        // Group commit: the flusher acknowledges once one fsync covers this write.
-        self.st.flusher.flush_then(move |r| {
-            callback.log_io_completed(r.map_err(std::io::Error::other));
-        });
         Ok(())
     }
 
     async fn truncate(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError> {
-        self.remove_range(log_id.index, u64::MAX)
+        self.st
+            .wal
+            .truncate(self.group, log_id.index)
+            .map_err(|e| StorageIOError::write_logs(any_error(e)).into())
     }
 
     async fn purge(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError> {
+        // The state machine up to here (and the snapshot that covers it) lives in sled,
+        // which is not synced on each apply: it must be on disk before the log forgets.
+        self.st
+            .flusher
+            .flush()
+            .await
+            .map_err(|e| StorageIOError::write_logs(any_error(e)))?;
         self.write_state(StateKey::LastPurged, &log_id)?;
-        self.remove_range(0, log_id.index)
+        self.st
+            .wal
+            .purge(self.group, log_id.index)
+            .map_err(|e| StorageIOError::write_logs(any_error(e)).into())
     }
 }

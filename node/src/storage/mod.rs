@@ -1,27 +1,30 @@
-//! sled storage shared by every Raft group of a member.
+//! A member's storage: one Raft log for every group ([`wal`]) and one sled database for
+//! the groups' state machines and snapshots.
 //!
-//! One sled database per member, with four trees. Every key starts with the 4-byte
-//! big-endian group id (see [`crate::raft::GroupId::to_key`]), so one group's data is a
-//! contiguous range that can be scanned, snapshotted or dropped on its own.
+//! The log (`<data>/raft-log/`) holds every group's entries, vote, committed id and purge
+//! point; one writer thread packs the appends and votes of all groups into one write and
+//! one `fdatasync` (group commit). sled (`<data>/sled/`) has two trees; every key starts
+//! with the 4-byte big-endian group id (see [`crate::raft::GroupId::to_key`]), so one
+//! group's data is a contiguous range that can be scanned, snapshotted or dropped on its own.
 //!
 //! | tree | key after the group id | value |
 //! | --- | --- | --- |
-//! | `raft_log` | log index (u64 BE) | msgpack `Entry` |
-//! | `raft_state` | [`StateKey`] byte | vote, committed log id, last purged log id |
 //! | `state_machine` | `0x00` applied state, `0x01 map 0x00 key` map entries, `0x02` metadata state, `0x03 expiry key` TTL index | msgpack |
 //! | `snapshots` | (none) | the group's latest snapshot: metadata and data |
 //!
-//! Durability: log appends and votes are made durable by one [`Flusher`] per member that
-//! coalesces the flush requests of all groups into one sync (group commit): sled's flush,
-//! then `fdatasync` of its log file and of new blob files ([`SyncFiles`]). The state
-//! machine is not flushed on its own: after a crash it is rebuilt from the last applied
-//! state that sled recovered plus the durable log.
+//! Durability: an append or a vote is acknowledged once the log's writer synced it. The
+//! state machine is not synced on each apply: after a crash it is rebuilt from the last
+//! applied state that sled recovered plus the durable log, so sled is synced ([`Flusher`]:
+//! sled's flush, then `fdatasync` of its files, [`SyncFiles`]) before the log forgets
+//! entries (a purge after a snapshot, a dropped group) and when the member stops.
 
 mod flush;
+mod migrate;
 mod overlay;
 pub mod space;
+pub mod wal;
 
-pub use flush::{FlushCounts, FlushError, Flusher, SyncFiles};
+pub use flush::{FlushError, Flusher, SyncFiles};
 pub use overlay::Overlay;
 
 use std::path::Path;
@@ -30,7 +33,7 @@ use serde::{de::DeserializeOwned, Serialize};
 
 use crate::{Error, Result};
 
-/// Byte tags for the per-group keys of the `raft_state` tree.
+/// Keys of a group's state values in the log.
 #[derive(Clone, Copy, Debug)]
 #[repr(u8)]
 pub enum StateKey {
@@ -54,28 +57,32 @@ pub mod sm_space {
     pub const EXPIRY: u8 = 0x03;
 }
 
-/// A member's sled database and the trees every group shares.
+/// A member's Raft log, its sled database and the trees every group shares.
 #[derive(Clone)]
 pub struct Storage {
     /// The database.
     pub db: sled::Db,
-    /// Raft log entries.
-    pub log: sled::Tree,
-    /// Vote, committed and purged ids.
-    pub raft_state: sled::Tree,
+    /// Every group's Raft log, vote, committed and purged ids.
+    pub wal: wal::Wal,
     /// State machine data of every group.
     pub state_machine: sled::Tree,
     /// Latest snapshot of every group.
     pub snapshots: sled::Tree,
-    /// Group-commit flusher.
+    /// Syncs sled.
     pub flusher: Flusher,
     /// Free space of the data directory.
     pub space: std::sync::Arc<space::Space>,
 }
 
 impl Storage {
-    /// Opens (or creates) the database under `dir`, keeping `reserve` bytes free.
+    /// Opens (or creates) the log and the database under `dir`, keeping `reserve` bytes
+    /// free.
     pub fn open(dir: &Path, reserve: u64) -> Result<Self> {
+        Self::open_with(dir, reserve, wal::WalOptions::default())
+    }
+
+    /// [`Storage::open`] with the log's file sizes.
+    pub fn open_with(dir: &Path, reserve: u64, log: wal::WalOptions) -> Result<Self> {
         std::fs::create_dir_all(dir)
             .map_err(|e| Error::Storage(format!("create {}: {e}", dir.display())))?;
         let db = sled::Config::new()
@@ -86,24 +93,26 @@ impl Storage {
             .open()?;
         let files = SyncFiles::open(&dir.join("sled"))
             .map_err(|e| Error::Storage(format!("open {}: {e}", dir.display())))?;
-        Self::with(db, Some(files), space::Space::new(dir, reserve))
-    }
-
-    /// Wraps an already open temporary database (tests): nothing is synced.
-    pub fn from_db(db: sled::Db) -> Result<Self> {
-        Self::with(db, None, space::Space::new(&std::env::temp_dir(), 0))
-    }
-
-    fn with(db: sled::Db, files: Option<SyncFiles>, space: space::Space) -> Result<Self> {
-        Ok(Storage {
-            log: db.open_tree("raft_log")?,
-            raft_state: db.open_tree("raft_state")?,
+        let wal = wal::Wal::open(&dir.join("raft-log"), log)
+            .map_err(|e| Error::Storage(e.to_string()))?;
+        let st = Storage {
+            wal,
             state_machine: db.open_tree("state_machine")?,
             snapshots: db.open_tree("snapshots")?,
-            flusher: Flusher::spawn(db.clone(), files),
-            space: std::sync::Arc::new(space),
+            flusher: Flusher::spawn(db.clone(), Some(files)),
+            space: std::sync::Arc::new(space::Space::new(dir, reserve)),
             db,
-        })
+        };
+        migrate::log_out_of_sled(&st)?;
+        Ok(st)
+    }
+
+    /// Makes everything written so far durable: the log, then sled.
+    pub async fn sync(&self) -> Result<()> {
+        let log = self.wal.sync().await;
+        let db = self.flusher.flush().await;
+        log.map_err(|e| Error::Storage(e.to_string()))?;
+        db.map_err(|e| Error::Storage(e.to_string()))
     }
 }
 
@@ -111,26 +120,25 @@ impl Storage {
     /// Whether anything of `group` is stored.
     pub fn has_group(&self, group: u32) -> bool {
         let prefix = group.to_be_bytes();
-        [
-            &self.log,
-            &self.raft_state,
-            &self.state_machine,
-            &self.snapshots,
-        ]
-        .iter()
-        .any(|t| t.scan_prefix(prefix).next().is_some())
+        self.wal.has_group(group)
+            || [&self.state_machine, &self.snapshots]
+                .iter()
+                .any(|t| t.scan_prefix(prefix).next().is_some())
     }
 
-    /// Deletes everything of `group` (log, vote, state machine, snapshot) and flushes: the
-    /// member gave its replica away. The group must not be running.
+    /// Deletes everything of `group` (log, vote, state machine, snapshot) and syncs: the
+    /// member gave its replica away. The group must not be running. The log goes first, so
+    /// a crash half-way leaves state that `has_group` still sees, never a log without it.
     pub async fn drop_group(&self, group: u32) -> Result<()> {
         let prefix = group.to_be_bytes();
-        for tree in [
-            &self.log,
-            &self.raft_state,
-            &self.state_machine,
-            &self.snapshots,
-        ] {
+        self.wal
+            .drop_group(group)
+            .map_err(|e| Error::Storage(e.to_string()))?;
+        self.wal
+            .sync()
+            .await
+            .map_err(|e| Error::Storage(e.to_string()))?;
+        for tree in [&self.state_machine, &self.snapshots] {
             let mut batch = sled::Batch::default();
             for key in tree.scan_prefix(prefix).keys() {
                 batch.remove(key?);
