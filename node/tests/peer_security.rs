@@ -64,7 +64,21 @@ async fn send(
     if !status.is_success() {
         return Err(format!("{status}: {}", String::from_utf8_lossy(&body)));
     }
-    decode(&body).map_err(|e| e.to_string())
+    // One frame per answer, in the order they were ready.
+    let mut frames = devicegrid::transport::frames::Frames::default();
+    frames.push(&body);
+    let mut answers: Vec<Option<PeerResponse>> = (0..reqs.len()).map(|_| None).collect();
+    while let Some((index, bytes)) = frames.next_frame().map_err(|e| e.to_string())? {
+        let slot = answers
+            .get_mut(index as usize)
+            .ok_or_else(|| format!("answer to request {index} of {}", reqs.len()))?;
+        *slot = Some(decode(bytes).map_err(|e| e.to_string())?);
+    }
+    answers
+        .into_iter()
+        .enumerate()
+        .map(|(i, a)| a.ok_or_else(|| format!("request {i} was not answered")))
+        .collect()
 }
 
 /// A join of member 99, which no certificate here names.

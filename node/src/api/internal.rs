@@ -1,10 +1,12 @@
 //! `POST /internal/v1/peer` on the peer port: a MessagePack batch of [`PeerRequest`]s from
-//! another member, answered in order. Requests of one batch are served concurrently.
+//! another member. Requests of one batch are served concurrently and each answer is sent as
+//! soon as it is ready ([`crate::transport::frames`]).
 //!
 //! Bodies are bounded twice: each at [`MAX_PEER_BODY_BYTES`] (a batch is at most 8 MiB plus
 //! one larger request, a forwarded client batch of up to 16 MiB), and all bodies being read
 //! or served at once at [`PEER_BODIES_IN_FLIGHT`]: a request waits for room before its body
-//! is read, so many large batches cannot add up.
+//! is read, so many large batches cannot add up; the room is held until the last answer of
+//! the batch is sent.
 
 use std::sync::Arc;
 
@@ -14,10 +16,12 @@ use axum::http::{header, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Extension;
-use tokio::sync::Semaphore;
+use futures::StreamExt;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::cluster::Grid;
 use crate::storage::{decode, encode};
+use crate::transport::frames::frame;
 use crate::transport::{Conn, PeerRequest};
 
 /// Largest peer request body, in bytes.
@@ -35,9 +39,13 @@ impl Default for BodyBudget {
     }
 }
 
+/// A request's share of [`BodyBudget`], held until its answers are all sent.
+#[derive(Clone)]
+pub struct Room(#[allow(dead_code)] Arc<OwnedSemaphorePermit>);
+
 /// Holds a request until its declared body fits the budget; refuses bodies without a
 /// length or over the limit before reading them.
-pub async fn bounded(State(budget): State<BodyBudget>, req: Request, next: Next) -> Response {
+pub async fn bounded(State(budget): State<BodyBudget>, mut req: Request, next: Next) -> Response {
     let len = req
         .headers()
         .get(header::CONTENT_LENGTH)
@@ -61,9 +69,10 @@ pub async fn bounded(State(budget): State<BodyBudget>, req: Request, next: Next)
         Some(n) => n,
     };
     // At least one permit, so empty bodies also take their turn; the limit fits in u32.
-    let Ok(_room) = budget.0.acquire_many(len.max(1) as u32).await else {
+    let Ok(room) = budget.0.acquire_many_owned(len.max(1) as u32).await else {
         return StatusCode::SERVICE_UNAVAILABLE.into_response();
     };
+    req.extensions_mut().insert(Room(Arc::new(room)));
     next.run(req).await
 }
 
@@ -71,6 +80,7 @@ pub async fn bounded(State(budget): State<BodyBudget>, req: Request, next: Next)
 pub async fn peer(
     State(grid): State<Arc<Grid>>,
     Extension(conn): Extension<Conn>,
+    Extension(room): Extension<Room>,
     body: Bytes,
 ) -> Response {
     // The peer port admits members only; a connection without one never gets here.
@@ -87,14 +97,31 @@ pub async fn peer(
                 .into_response()
         }
     };
-    let answers =
-        futures::future::join_all(reqs.into_iter().map(|r| grid.peers.handle(member, r))).await;
-    match encode(&answers) {
-        Ok(bytes) => (
-            [(axum::http::header::CONTENT_TYPE, "application/msgpack")],
-            bytes,
-        )
-            .into_response(),
-        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
-    }
+    let n = reqs.len().max(1);
+    let answers = futures::stream::iter(reqs.into_iter().enumerate())
+        .map(move |(i, r)| {
+            let grid = grid.clone();
+            async move { (i, grid.peers.handle(member, r).await) }
+        })
+        .buffer_unordered(n)
+        .filter_map(move |(i, answer)| {
+            // The room goes with the stream: released after the last answer.
+            let _room = &room;
+            let framed = match encode(&answer) {
+                Ok(bytes) => Some(Ok::<_, std::convert::Infallible>(Bytes::from(frame(
+                    i as u32, &bytes,
+                )))),
+                Err(e) => {
+                    // The caller sees this request unanswered and fails it.
+                    tracing::error!(error = %e, "encoding a peer answer");
+                    None
+                }
+            };
+            std::future::ready(framed)
+        });
+    (
+        [(header::CONTENT_TYPE, "application/x-devicegrid-frames")],
+        axum::body::Body::from_stream(answers),
+    )
+        .into_response()
 }

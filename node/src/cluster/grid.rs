@@ -206,7 +206,7 @@ impl Grid {
             .transport_tasks
             .stop(remaining().max(Duration::from_secs(1)))
             .await;
-        if let Err(e) = self.storage.sync().await {
+        if let Err(e) = self.storage.close().await {
             tracing::error!(error = %e, "final sync");
         }
         left + transport_left

@@ -1,6 +1,12 @@
 //! [`RaftStateMachine`] for one group, generic over the [`Machine`] it applies (maps for
-//! partitions, metadata for the metadata group). Each `apply` call is one atomic sled batch,
-//! applied log id included; snapshots are the group's whole key range.
+//! partitions, metadata for the metadata group). Each `apply` call writes its keys to sled
+//! one by one, the applied log id last; snapshots are the group's whole key range.
+//!
+//! sled is not synced on each apply, and an apply is not one sled batch, so after a crash a
+//! group's range may hold part of an apply. A member that did not stop cleanly
+//! ([`Storage::needs_rebuild`]) therefore rebuilds each state machine when it opens it: the
+//! range is replaced by the group's latest stored snapshot (synced before the log was purged
+//! up to it), and openraft applies the log from there.
 
 use std::io::Cursor;
 
@@ -57,8 +63,12 @@ fn write_err(e: impl std::fmt::Display) -> StorageError {
 }
 
 impl<M: Machine> StateMachineStore<M> {
-    /// Opens the state machine of `group`, applying with `machine`.
+    /// Opens the state machine of `group`, applying with `machine`; after a crash, rebuilt
+    /// from the group's snapshot.
     pub fn open(st: Storage, group: GroupId, mut machine: M) -> crate::Result<Self> {
+        if st.needs_rebuild(group.to_key()) {
+            rebuild(&st, group.to_key())?;
+        }
         let key = group_key(group.to_key(), &[sm_space::APPLIED]);
         let applied = match st.state_machine.get(key)? {
             Some(b) => decode(&b)?,
@@ -110,7 +120,7 @@ impl<M: Machine> RaftStateMachine<TypeConfig> for StateMachineStore<M> {
             &[sm_space::APPLIED],
             encode(&self.applied).map_err(write_err)?,
         );
-        view.commit().map_err(write_err)?;
+        view.commit(&[sm_space::APPLIED]).map_err(write_err)?;
         self.machine.stored(&self.st, false).map_err(read_err)?;
         Ok(out)
     }
@@ -156,26 +166,8 @@ impl<M: Machine> RaftStateMachine<TypeConfig> for StateMachineStore<M> {
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> Result<(), StorageError> {
         let bytes = snapshot.into_inner();
-        let data: SnapshotData = decode(&bytes).map_err(write_err)?;
         let g = self.group.to_key();
-        let mut revision = 0;
-        let mut inserts = Vec::with_capacity(data.entries.len() + 1);
-        for (k, v) in &data.entries {
-            if k.as_slice() == [sm_space::APPLIED] {
-                revision = decode::<AppliedState>(v).map_err(write_err)?.revision;
-                continue;
-            }
-            inserts.push((group_key(g, k), v.to_vec()));
-        }
-        let applied = AppliedState {
-            last_applied: meta.last_log_id,
-            membership: meta.last_membership.clone(),
-            revision,
-        };
-        inserts.push((
-            group_key(g, &[sm_space::APPLIED]),
-            encode(&applied).map_err(write_err)?,
-        ));
+        let (inserts, applied) = restored(g, meta, &bytes)?;
         let old_keys: Vec<sled::IVec> = self
             .st
             .state_machine
@@ -222,6 +214,68 @@ impl<M: Machine> RaftStateMachine<TypeConfig> for StateMachineStore<M> {
             snapshot: Box::new(Cursor::new(stored.data.into_vec())),
         }))
     }
+}
+
+/// A key of the `state_machine` tree and its value.
+type KeyValue = (Vec<u8>, Vec<u8>);
+
+/// The keys and applied state of `group`'s range restored from snapshot `bytes`.
+#[allow(clippy::result_large_err)] // openraft's StorageError
+fn restored(
+    group: u32,
+    meta: &SnapshotMeta<NodeId, MemberNode>,
+    bytes: &[u8],
+) -> Result<(Vec<KeyValue>, AppliedState), StorageError> {
+    let data: SnapshotData = decode(bytes).map_err(write_err)?;
+    let mut revision = 0;
+    let mut inserts = Vec::with_capacity(data.entries.len() + 1);
+    for (k, v) in &data.entries {
+        if k.as_slice() == [sm_space::APPLIED] {
+            revision = decode::<AppliedState>(v).map_err(write_err)?.revision;
+            continue;
+        }
+        inserts.push((group_key(group, k), v.to_vec()));
+    }
+    let applied = AppliedState {
+        last_applied: meta.last_log_id,
+        membership: meta.last_membership.clone(),
+        revision,
+    };
+    inserts.push((
+        group_key(group, &[sm_space::APPLIED]),
+        encode(&applied).map_err(write_err)?,
+    ));
+    Ok((inserts, applied))
+}
+
+/// Replaces `group`'s state-machine range by its latest stored snapshot (empty without one).
+fn rebuild(st: &Storage, group: u32) -> crate::Result<()> {
+    let mut batch = sled::Batch::default();
+    let mut old = 0;
+    for key in st.state_machine.scan_prefix(group.to_be_bytes()).keys() {
+        batch.remove(key?);
+        old += 1;
+    }
+    let mut restored_keys = 0;
+    if let Some(bytes) = st.snapshots.get(group.to_be_bytes())? {
+        let stored: StoredSnapshot = decode(&bytes)?;
+        let (inserts, _) = restored(group, &stored.meta, &stored.data)
+            .map_err(|e| crate::Error::Storage(e.to_string()))?;
+        restored_keys = inserts.len();
+        for (k, v) in inserts {
+            batch.insert(k, v);
+        }
+    }
+    if old > 0 || restored_keys > 0 {
+        st.state_machine.apply_batch(batch)?;
+        tracing::info!(
+            group,
+            dropped = old,
+            restored = restored_keys,
+            "state machine rebuilt from its snapshot after an unclean stop"
+        );
+    }
+    Ok(())
 }
 
 /// Stores `snap` as the group's snapshot unless a newer one (installed meanwhile) is there.

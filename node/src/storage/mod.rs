@@ -13,10 +13,12 @@
 //! | `snapshots` | (none) | the group's latest snapshot: metadata and data |
 //!
 //! Durability: an append or a vote is acknowledged once the log's writer synced it. The
-//! state machine is not synced on each apply: after a crash it is rebuilt from the last
-//! applied state that sled recovered plus the durable log, so sled is synced ([`Flusher`]:
-//! sled's flush, then `fdatasync` of its files, [`SyncFiles`]) before the log forgets
-//! entries (a purge after a snapshot, a dropped group) and when the member stops.
+//! state machines are neither synced on each apply nor written as one sled batch per apply;
+//! a member that stopped cleanly leaves a marker ([`CLEAN_STOP`]) after syncing everything,
+//! and one that did not rebuilds each state machine from its latest snapshot plus the log.
+//! So sled is synced ([`Flusher`]: sled's flush, then `fdatasync` of its files,
+//! [`SyncFiles`]) before the log forgets entries (a purge after a snapshot, a dropped
+//! group) and when the member stops.
 
 mod flush;
 mod migrate;
@@ -32,6 +34,9 @@ use std::path::Path;
 use serde::{de::DeserializeOwned, Serialize};
 
 use crate::{Error, Result};
+
+/// The file a member leaves in its data directory when it stopped after syncing everything.
+pub const CLEAN_STOP: &str = "stopped-cleanly";
 
 /// Keys of a group's state values in the log.
 #[derive(Clone, Copy, Debug)]
@@ -72,6 +77,9 @@ pub struct Storage {
     pub flusher: Flusher,
     /// Free space of the data directory.
     pub space: std::sync::Arc<space::Space>,
+    /// After an unclean stop: groups whose state machines were not rebuilt yet.
+    rebuild: std::sync::Arc<std::sync::Mutex<Option<std::collections::HashSet<u32>>>>,
+    dir: std::path::PathBuf,
 }
 
 impl Storage {
@@ -95,9 +103,29 @@ impl Storage {
             .map_err(|e| Error::Storage(format!("open {}: {e}", dir.display())))?;
         let wal = wal::Wal::open(&dir.join("raft-log"), log)
             .map_err(|e| Error::Storage(e.to_string()))?;
+        let io = |e: std::io::Error| Error::Storage(format!("{}: {e}", dir.display()));
+        let marker = dir.join(CLEAN_STOP);
+        let clean = marker.exists();
+        if clean {
+            // From here on, a crash must be seen as one.
+            std::fs::remove_file(&marker).map_err(io)?;
+            std::fs::File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(io)?;
+        }
+        let state_machine = db.open_tree("state_machine")?;
+        let rebuild = (!clean && !state_machine.is_empty()).then(Default::default);
+        if rebuild.is_some() {
+            tracing::warn!(
+                dir = %dir.display(),
+                "the member did not stop cleanly: state machines are rebuilt from their snapshots and the log"
+            );
+        }
         let st = Storage {
+            rebuild: std::sync::Arc::new(std::sync::Mutex::new(rebuild)),
+            dir: dir.to_path_buf(),
             wal,
-            state_machine: db.open_tree("state_machine")?,
+            state_machine,
             snapshots: db.open_tree("snapshots")?,
             flusher: Flusher::spawn(db.clone(), Some(files)),
             space: std::sync::Arc::new(space::Space::new(dir, reserve)),
@@ -113,6 +141,20 @@ impl Storage {
         let db = self.flusher.flush().await;
         log.map_err(|e| Error::Storage(e.to_string()))?;
         db.map_err(|e| Error::Storage(e.to_string()))
+    }
+
+    /// Syncs everything and leaves the clean-stop marker: nothing may be written after it.
+    pub async fn close(&self) -> Result<()> {
+        self.sync().await?;
+        write_durably(&self.dir.join(CLEAN_STOP), b"")
+            .map_err(|e| Error::Storage(format!("{}: {e}", self.dir.display())))
+    }
+
+    /// Whether `group`'s state machine is to be rebuilt (the member did not stop cleanly and
+    /// it was not rebuilt yet); true once per group.
+    pub fn needs_rebuild(&self, group: u32) -> bool {
+        let mut rebuild = self.rebuild.lock().unwrap_or_else(|p| p.into_inner());
+        rebuild.as_mut().is_some_and(|done| done.insert(group))
     }
 }
 

@@ -260,7 +260,7 @@ mod tests {
     fn run(db: &sled::Tree, rev: &mut u64, now_ms: u64, ops: Vec<MapOp>) -> Vec<OpOutcome> {
         let mut view = Overlay::new(db, 7);
         let out = apply_batch(&mut view, rev, &MapBatch { now_ms, ops }).expect("apply");
-        view.commit().expect("commit");
+        view.commit(&[sm_space::APPLIED]).expect("commit");
         out
     }
 
@@ -413,7 +413,7 @@ mod tests {
             expires_at_ms: None,
         };
         view.put(&entry_key("devices", "d"), encode(&bad).expect("encode"));
-        view.commit().expect("commit");
+        view.commit(&[sm_space::APPLIED]).expect("commit");
         let out = run(&t, &mut rev, 1, vec![p]);
         assert!(
             matches!(&out[0], OpOutcome::Failed { code, .. } if *code == ErrorCode::UnreadableValue),

@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
+use super::frames::Frames;
 use super::{PeerRequest, PeerResponse, PeerTls, PEER_PATH};
 use crate::runtime::{Budget, Coalescer, Limits, QueueFull, QueueSender, Tasks, Weight};
 use crate::storage::{decode, encode};
@@ -180,37 +181,31 @@ async fn run_lane(http: reqwest::Client, url: String, queue: Coalescer<Pending>,
 }
 
 async fn send_batch(http: &reqwest::Client, url: &str, batch: Vec<Pending>) {
-    let (reqs, replies): (Vec<_>, Vec<_>) = batch.into_iter().map(|p| (p.req, p.reply)).unzip();
-    let result = exchange(http, url, &reqs).await;
-    match result {
-        Ok(resps) if resps.len() == replies.len() => {
-            for (reply, resp) in replies.into_iter().zip(resps) {
-                let _ = reply.send(Ok(resp));
-            }
+    let (reqs, mut replies): (Vec<_>, Vec<_>) =
+        batch.into_iter().map(|p| (p.req, Some(p.reply))).unzip();
+    // Each caller is answered as soon as its frame arrives.
+    let result = exchange(http, url, &reqs, |index, answer| {
+        if let Some(reply) = replies.get_mut(index as usize).and_then(Option::take) {
+            let _ = reply.send(answer);
         }
-        Ok(resps) => {
-            let e = TransportError::Failed(format!(
-                "{} answers to {} requests",
-                resps.len(),
-                replies.len()
-            ));
-            for reply in replies {
-                let _ = reply.send(Err(e.clone()));
-            }
-        }
-        Err(e) => {
-            for reply in replies {
-                let _ = reply.send(Err(e.clone()));
-            }
-        }
+    })
+    .await;
+    let e = match result {
+        Ok(()) => TransportError::Failed("the peer's answers ended early".into()),
+        Err(e) => e,
+    };
+    for reply in replies.into_iter().flatten() {
+        let _ = reply.send(Err(e.clone()));
     }
 }
 
+/// Sends the batch and hands each answer to `answer` as it arrives.
 async fn exchange(
     http: &reqwest::Client,
     url: &str,
     reqs: &[Vec<u8>],
-) -> Result<Vec<PeerResponse>, TransportError> {
+    mut answer: impl FnMut(u32, Result<PeerResponse, TransportError>),
+) -> Result<(), TransportError> {
     // A MessagePack array of the already encoded requests.
     let mut body = Vec::with_capacity(5 + reqs.iter().map(Vec::len).sum::<usize>());
     rmp::encode::write_array_len(&mut body, reqs.len() as u32)
@@ -218,7 +213,7 @@ async fn exchange(
     for r in reqs {
         body.extend_from_slice(r);
     }
-    let resp = http
+    let mut resp = http
         .post(url)
         .header("content-type", "application/msgpack")
         .body(body)
@@ -238,9 +233,18 @@ async fn exchange(
             resp.status()
         )));
     }
-    let bytes = resp
-        .bytes()
-        .await
-        .map_err(|e| TransportError::Failed(e.to_string()))?;
-    decode(&bytes).map_err(|e| TransportError::Failed(e.to_string()))
+    let mut frames = Frames::default();
+    let failed = |e: &dyn std::fmt::Display| TransportError::Failed(e.to_string());
+    while let Some(chunk) = resp.chunk().await.map_err(|e| failed(&e))? {
+        frames.push(&chunk);
+        while let Some((index, bytes)) = frames.next_frame().map_err(|e| failed(&e))? {
+            answer(index, decode(bytes).map_err(|e| failed(&e)));
+        }
+    }
+    if frames.has_partial() {
+        return Err(TransportError::Failed(
+            "the peer's answers were cut short".into(),
+        ));
+    }
+    Ok(())
 }

@@ -7,15 +7,18 @@
 //! request per peer. Lanes keep slow traffic from delaying urgent traffic: control (pings,
 //! votes, heartbeats, status), Raft appends, client (forwarded reads and writes, which wait
 //! for commit) and bulk (snapshot chunks). Batches are capped in bytes, and a request whose
-//! caller stopped waiting is dropped instead of sent.
+//! caller stopped waiting is dropped instead of sent. Answers come back one by one as each
+//! is ready ([`frames`]), so a write waiting for its commit holds only its own caller.
 //!
 //! | module | job |
 //! | --- | --- |
 //! | [`client`] | the sending side: lanes, batches, the TLS client |
+//! | [`frames`] | the answers of a batch, framed one by one |
 //! | [`server`] | the HTTP server of both ports: connection cap, handshakes, header timeout, the caller's member id |
 //! | [`tls`] | certificates of both ends, the member verifier |
 
 pub mod client;
+pub mod frames;
 pub mod server;
 pub mod tls;
 
