@@ -18,6 +18,8 @@ use crate::runtime::Every;
 const EVERY: Duration = Duration::from_secs(2);
 /// A group is asked for a snapshot at most this often.
 const AGAIN_AFTER: Duration = Duration::from_secs(5);
+/// Snapshots asked for per round, at most: each copies its whole partition.
+const PER_ROUND: usize = 8;
 
 /// Runs until `token` is cancelled.
 pub async fn run(groups: Arc<Groups>, token: CancellationToken) {
@@ -26,11 +28,17 @@ pub async fn run(groups: Arc<Groups>, token: CancellationToken) {
     while every.tick().await {
         let pinning = groups.storage().wal.pinning_groups();
         asked.retain(|_, at| at.elapsed() < AGAIN_AFTER);
-        for g in groups.all() {
+        let wanted: Vec<_> = groups
+            .all()
+            .into_iter()
+            .filter(|g| {
+                let key = g.id.to_key();
+                pinning.contains(&key) && !asked.contains_key(&key)
+            })
+            .take(PER_ROUND)
+            .collect();
+        for g in wanted {
             let key = g.id.to_key();
-            if !pinning.contains(&key) || asked.contains_key(&key) {
-                continue;
-            }
             asked.insert(key, Instant::now());
             tracing::debug!(group = %g.id, "snapshot: the group's entries keep the oldest log segment");
             if let Err(e) = g.raft.trigger().snapshot().await {

@@ -274,6 +274,22 @@ impl Router {
                 message: "its replica is not a voter".into(),
             });
         }
+        // A replica being added knows no voters yet: another replica answers.
+        if group
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .voter_ids()
+            .next()
+            .is_none()
+        {
+            return Err(Error::NotDelivered {
+                group: group_id,
+                member: self.id,
+                message: "its replica has not received the group's membership yet".into(),
+            });
+        }
         // Without a majority of its voters no replica can commit or confirm leadership;
         // refusing now tells the client, for certain, that nothing was written.
         if !matches!(call, Call::Read { stale: true, .. }) {

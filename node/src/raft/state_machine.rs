@@ -6,7 +6,8 @@
 //! group's range may hold part of an apply. A member that did not stop cleanly
 //! ([`Storage::needs_rebuild`]) therefore rebuilds each state machine when it opens it: the
 //! range is replaced by the group's latest stored snapshot (synced before the log was purged
-//! up to it), and openraft applies the log from there.
+//! up to it: every snapshot is synced when it is built or installed, and openraft purges
+//! only up to one), and openraft applies the log from there.
 
 use std::io::Cursor;
 
@@ -194,6 +195,8 @@ impl<M: Machine> RaftStateMachine<TypeConfig> for StateMachineStore<M> {
                 Ok::<(), ConflictableTransactionError<()>>(())
             })
             .map_err(|e: TransactionError<()>| write_err(format!("{e:?}")))?;
+        // Durable before openraft purges the log up to it.
+        self.st.flusher.flush().await.map_err(write_err)?;
         self.applied = applied;
         self.machine.stored(&self.st, true).map_err(read_err)?;
         Ok(())
@@ -339,6 +342,8 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             data: serde_bytes::ByteBuf::from(bytes.clone()),
         };
         store_if_newer(&self.st.snapshots, self.group.to_key(), &stored)?;
+        // Durable before openraft purges the log up to it (built off the group's core).
+        self.st.flusher.flush().await.map_err(write_err)?;
         Ok(Snapshot {
             meta,
             snapshot: Box::new(Cursor::new(bytes)),

@@ -17,8 +17,8 @@
 //! a member that stopped cleanly leaves a marker ([`CLEAN_STOP`]) after syncing everything,
 //! and one that did not rebuilds each state machine from its latest snapshot plus the log.
 //! So sled is synced ([`Flusher`]: sled's flush, then `fdatasync` of its files,
-//! [`SyncFiles`]) before the log forgets entries (a purge after a snapshot, a dropped
-//! group) and when the member stops.
+//! [`SyncFiles`]) when a snapshot is stored (the log is purged only up to one), when a
+//! group is dropped and when the member stops.
 
 mod flush;
 mod migrate;
@@ -34,6 +34,9 @@ use std::path::Path;
 use serde::{de::DeserializeOwned, Serialize};
 
 use crate::{Error, Result};
+
+/// How often sled writes out what it buffered (without syncing it).
+const SLED_FLUSH_EVERY_MS: u64 = 1000;
 
 /// The file a member leaves in its data directory when it stopped after syncing everything.
 pub const CLEAN_STOP: &str = "stopped-cleanly";
@@ -96,8 +99,9 @@ impl Storage {
         let db = sled::Config::new()
             .path(dir.join("sled"))
             .cache_capacity(256 * 1024 * 1024)
-            // Durability comes from explicit group-commit flushes, not a timer.
-            .flush_every_ms(None)
+            // Durability comes from explicit syncs (before a purge, at a stop); the timer only
+            // keeps what waits for one small, so a purge does not wait for a whole bulk load.
+            .flush_every_ms(Some(SLED_FLUSH_EVERY_MS))
             .open()?;
         let files = SyncFiles::open(&dir.join("sled"))
             .map_err(|e| Error::Storage(format!("open {}: {e}", dir.display())))?;
