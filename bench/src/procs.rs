@@ -92,7 +92,12 @@ impl Grid {
             .args(["dev", "--nodes", "3", "--base-port", &port.to_string()])
             .arg("--data-dir")
             .arg(dir)
-            .env("RUST_LOG", "warn,openraft=error")
+            // Members log warnings only, unless DGBENCH_MEMBER_LOG says otherwise (a filter).
+            .env(
+                "RUST_LOG",
+                std::env::var("DGBENCH_MEMBER_LOG")
+                    .unwrap_or_else(|_| "warn,openraft=error".into()),
+            )
             .stdout(Stdio::piped())
             .kill_on_drop(true)
             .spawn()

@@ -435,8 +435,8 @@ async fn the_raft_log_is_compacted_by_size() {
                 .expect("put");
         }
         let count = |m: &str, name: &str| common::gauge(m, name).unwrap_or(0.0);
-        // 1.5 MB went through the log; two groups keep at most 200 entries each after a
-        // snapshot (a tenth of snapshot_after_logs), about 7 segments.
+        // 1.5 MB went through the log; two groups keep at most 100 entries each after a
+        // snapshot (`raft::kept_after_snapshot`), about 4 segments.
         let compacted = wait_for(Duration::from_secs(60), "the log to shrink", || async {
             let m = grid.metrics(1).await;
             count(&m, "devicegrid_log_segments") <= 12.0

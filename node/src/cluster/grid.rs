@@ -142,7 +142,11 @@ impl Grid {
         let watch_token = token.clone();
         tasks.spawn(async move { space.watch(watch_token).await });
         tasks.spawn(expiry::run(groups.clone(), metrics.clone(), token.clone()));
-        tasks.spawn(compactor::run(groups.clone(), token.clone()));
+        tasks.spawn(compactor::run(
+            groups.clone(),
+            crate::raft::kept_after_snapshot(config.snapshot_after_logs),
+            token.clone(),
+        ));
         tasks.spawn(driver::run(
             Arc::new(driver::Driver {
                 config: config.clone(),

@@ -27,6 +27,13 @@ pub type Entry = openraft::Entry<TypeConfig>;
 /// Storage errors as openraft wants them.
 pub type StorageError = openraft::StorageError<NodeId>;
 
+/// Entries a group keeps in its log after a snapshot, for followers a little behind: a
+/// tenth of `snapshot_after_logs`, at most 100 (entries can be batches of up to 1 MiB, and
+/// the member's log is bounded in bytes; a follower further behind gets the snapshot).
+pub fn kept_after_snapshot(snapshot_after_logs: u64) -> u64 {
+    (snapshot_after_logs / 10).min(100)
+}
+
 /// openraft settings shared by every group of a member.
 ///
 /// Per-group heartbeats and election timers are off: with hundreds of groups per member they
@@ -52,7 +59,7 @@ pub fn group_config(
         // peer endpoint's body limit.
         max_payload_entries: 32,
         snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(snapshot_after_logs),
-        max_in_snapshot_log_to_keep: snapshot_after_logs / 10,
+        max_in_snapshot_log_to_keep: kept_after_snapshot(snapshot_after_logs),
         snapshot_max_chunk_size: 4 * 1024 * 1024,
         enable_tick: true,
         enable_heartbeat: false,

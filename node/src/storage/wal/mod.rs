@@ -195,7 +195,7 @@ struct Inner {
     /// A segment was started: the writer looks for segments to free.
     maintenance: bool,
     /// Groups whose live entries pin the oldest segment and are too many to move.
-    pinning: Vec<u32>,
+    pinning: Vec<(u32, u64)>,
     /// Entries moved forward whose bytes stay in memory until their new place is written.
     moved: Vec<(u32, u64, Loc)>,
 }
@@ -555,9 +555,9 @@ impl Wal {
             .map_err(|_| WalError("the writer stopped".into()))?
     }
 
-    /// Groups whose live entries keep the oldest segment and are too many to move: a
-    /// snapshot and a purge of each frees it.
-    pub fn pinning_groups(&self) -> Vec<u32> {
+    /// Groups whose live entries keep the oldest segment and are too many to move, each with
+    /// the highest index it keeps there: a snapshot and a purge past it frees the segment.
+    pub fn pinning_groups(&self) -> Vec<(u32, u64)> {
         self.shared.lock().pinning.clone()
     }
 

@@ -234,7 +234,7 @@ fn a_group_with_many_live_entries_is_reported() {
     }
     wait_for("group 7 reported", || {
         block_on(wal.sync()).expect("sync");
-        wal.pinning_groups() == vec![7]
+        wal.pinning_groups().first().map(|(g, _)| *g) == Some(7)
     });
     wal.purge(7, 99).expect("purge");
     for i in 1..=40u64 {

@@ -225,8 +225,14 @@ fn free_segments(shared: &Shared) -> Result<(), WalError> {
     };
     let live_bytes: u64 = pinned.iter().map(|(_, _, l)| u64::from(l.len)).sum();
     if live_bytes > opts.segment_bytes / 2 {
-        let mut groups: Vec<u32> = pinned.iter().map(|(g, _, _)| *g).collect();
-        groups.dedup();
+        // Each group with the highest index it keeps there (entries come group by group).
+        let mut groups: Vec<(u32, u64)> = Vec::new();
+        for (g, index, _) in &pinned {
+            match groups.last_mut() {
+                Some((last, max)) if last == g => *max = (*max).max(*index),
+                _ => groups.push((*g, *index)),
+            }
+        }
         shared.lock().pinning = groups;
         return Ok(());
     }
