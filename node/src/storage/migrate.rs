@@ -78,3 +78,52 @@ pub fn log_out_of_sled(st: &Storage) -> Result<()> {
     );
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::{group_key, Storage};
+
+    /// A data directory whose Raft log lives in sled opens with that log in the new one,
+    /// and the sled trees gone.
+    #[test]
+    fn a_log_kept_in_sled_moves_into_the_log() {
+        let dir = tempfile::tempdir().expect("dir");
+        {
+            let db = sled::open(dir.path().join("sled")).expect("sled");
+            let log = db.open_tree("raft_log").expect("tree");
+            let state = db.open_tree("raft_state").expect("tree");
+            for (group, first, n) in [(3u32, 1u64, 4u64), (9, 20, 2)] {
+                for i in first..first + n {
+                    let key = group_key(group, &i.to_be_bytes());
+                    log.insert(key, format!("g{group}e{i}").into_bytes())
+                        .expect("insert");
+                }
+                state
+                    .insert(group_key(group, &[1]), format!("vote{group}").into_bytes())
+                    .expect("insert");
+            }
+            db.flush().expect("flush");
+        }
+        let st = Storage::open(dir.path(), 0).expect("open");
+        let read = |group, from, to| -> Vec<Vec<u8>> {
+            st.wal
+                .read(group, from, to)
+                .expect("read")
+                .iter()
+                .map(|b| b.to_vec())
+                .collect()
+        };
+        assert_eq!(
+            read(3, 0, u64::MAX),
+            (1..=4)
+                .map(|i| format!("g3e{i}").into_bytes())
+                .collect::<Vec<_>>()
+        );
+        assert_eq!(read(9, 20, 21), vec![b"g9e20".to_vec(), b"g9e21".to_vec()]);
+        assert_eq!(st.wal.last_index(9), Some(21));
+        assert_eq!(st.wal.state(3, 1).as_deref(), Some(&b"vote3"[..]));
+        assert_eq!(st.wal.state(9, 1).as_deref(), Some(&b"vote9"[..]));
+        let names = st.db.tree_names();
+        assert!(!names.iter().any(|n| n == b"raft_log" || n == b"raft_state"));
+    }
+}
