@@ -104,26 +104,28 @@ impl LogMetrics {
         for (name, help, c) in counters {
             registry.register(name, help, c.clone());
         }
-        registry.register(
-            "log_sync_seconds",
-            "Time spent writing and syncing the log",
-            self.sync_seconds.clone(),
-        );
-        registry.register(
-            "log_wait_seconds",
-            "Time log writes waited from submission to their answer, summed (per write: this / log_synced_writes)",
-            self.wait_seconds.clone(),
-        );
-        registry.register(
-            "log_segments",
-            "Log segment files on disk",
-            self.segments.clone(),
-        );
-        registry.register(
-            "log_disk_bytes",
-            "Bytes of the log's segment files",
-            self.disk_bytes.clone(),
-        );
+        let seconds = [
+            ("log_sync_seconds", "Time spent writing and syncing the log", &self.sync_seconds),
+            (
+                "log_wait_seconds",
+                "Time log writes waited from submission to their answer, summed (per write: this / log_synced_writes)",
+                &self.wait_seconds,
+            ),
+        ];
+        for (name, help, c) in seconds {
+            registry.register(name, help, c.clone());
+        }
+        let gauges = [
+            ("log_segments", "Log segment files on disk", &self.segments),
+            (
+                "log_disk_bytes",
+                "Bytes of the log's segment files",
+                &self.disk_bytes,
+            ),
+        ];
+        for (name, help, g) in gauges {
+            registry.register(name, help, g.clone());
+        }
     }
 
     fn set(&self, stats: &LogStats) {
